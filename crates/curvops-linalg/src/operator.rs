@@ -1,5 +1,6 @@
 //! The linear-operator trait, structure tags, errors and the faer adapter.
 
+use crate::decomp::Eigh;
 use curvops_tensor::Float;
 use faer::dyn_stack::{MemStack, StackReq};
 use faer::{Mat, MatMut, MatRef, Par};
@@ -47,12 +48,43 @@ pub enum LinalgError {
     /// A matrix that should be positive definite is not.
     #[error("not positive definite: {0}")]
     NotPositiveDefinite(String),
+    /// A matrix that should be positive definite is not, located: the Cholesky pivot of a
+    /// column, or the curvature `pᵀAp` of a conjugate-gradient column at an iteration.
+    #[error(
+        "{operator} is not positive definite at column {column}{}: {quantity} = {value:.6e} <= 0",
+        .iteration.map(|i| format!(" (iteration {i})")).unwrap_or_default()
+    )]
+    NotPositiveDefiniteAt {
+        /// The operator (or the algorithm and operator) that failed.
+        operator: String,
+        /// Column (0-based): the pivot column of a factorization or the right-hand-side column.
+        column: usize,
+        /// Iteration (0-based) of an iterative method; `None` for factorizations.
+        iteration: Option<usize>,
+        /// What was found non-positive, e.g. "Cholesky pivot" or "pᵀAp".
+        quantity: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// The matrix is (numerically) singular.
+    #[error("singular: {0}")]
+    Singular(String),
     /// An iterative method did not converge.
     #[error("no convergence: {0}")]
     NoConvergence(String),
+    /// An iterative method diverged (its residual grew).
+    #[error("diverged: {0}")]
+    Diverged(String),
     /// Anything else, with a message.
     #[error("{0}")]
     Other(String),
+}
+
+impl LinalgError {
+    /// `Unsupported { op, operator: describe() }`.
+    pub fn unsupported(op: &'static str, operator: impl Into<String>) -> Self {
+        Self::Unsupported { op, operator: operator.into() }
+    }
 }
 
 /// A matrix that can be applied to a block of columns.
@@ -116,6 +148,50 @@ pub trait LinearOperator<T: Float>: Sync {
     fn to_dense(&self) -> Mat<T> {
         self.to_dense_blocked(64)
     }
+
+    // ----- exact structured operations (structured operators override these) -----
+
+    /// The exact trace `tr(A) = Σᵢ Aᵢᵢ` (square operators), from the structure.
+    ///
+    /// The default returns [`LinalgError::Unsupported`]; see `estimators::trace_exact` for the
+    /// trace by unit-vector blocks and the randomized estimators.
+    fn trace(&self) -> Result<T, LinalgError> {
+        Err(LinalgError::unsupported("trace", self.describe()))
+    }
+    /// The exact diagonal `(A₀₀, …, A_{n-1,n-1})` (square operators), from the structure.
+    fn diagonal(&self) -> Result<Vec<T>, LinalgError> {
+        Err(LinalgError::unsupported("diagonal", self.describe()))
+    }
+    /// `log |det A|`, exact (square operators). For positive-definite operators this is
+    /// `log det A`. The default is [`Self::logdet_shifted`] with shift 0.
+    fn logdet(&self) -> Result<T, LinalgError> {
+        self.logdet_shifted(T::zero())
+    }
+    /// `log |det(A + s·I)|`, exact (square operators). The default returns
+    /// [`LinalgError::Unsupported`]; operators whose structure gives it override it
+    /// (diagonal, low rank, Kronecker, block diagonal, dense, …).
+    fn logdet_shifted(&self, shift: T) -> Result<T, LinalgError> {
+        let op = if shift == T::zero() { "logdet" } else { "logdet of A + λI" };
+        Err(LinalgError::unsupported(op, self.describe()))
+    }
+    /// `out ← A⁻¹ · rhs` for a block of columns, exact (direct, not iterative). The default is
+    /// [`Self::solve_shifted`] with shift 0.
+    fn solve(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        self.solve_shifted(T::zero(), out, rhs)
+    }
+    /// `out ← (A + s·I)⁻¹ · rhs`, exact. The default returns [`LinalgError::Unsupported`].
+    fn solve_shifted(&self, shift: T, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        let _ = (out, rhs);
+        let op = if shift == T::zero() { "solve" } else { "solve with A + λI" };
+        Err(LinalgError::unsupported(op, self.describe()))
+    }
+    /// The exact symmetric eigendecomposition `A = V diag(λ) Vᵀ + c·(I − V Vᵀ)` (see [`Eigh`]),
+    /// for symmetric operators whose structure gives it. The default returns
+    /// [`LinalgError::Unsupported`]; see `eigen::eigsh` for extreme eigenpairs of any symmetric
+    /// operator.
+    fn eigh(&self) -> Result<Eigh<T>, LinalgError> {
+        Err(LinalgError::unsupported("eigh", self.describe()))
+    }
 }
 
 impl<T: Float, O: LinearOperator<T> + ?Sized> LinearOperator<T> for &O {
@@ -139,6 +215,27 @@ impl<T: Float, O: LinearOperator<T> + ?Sized> LinearOperator<T> for &O {
     }
     fn apply_transpose(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         (**self).apply_transpose(out, rhs)
+    }
+    fn trace(&self) -> Result<T, LinalgError> {
+        (**self).trace()
+    }
+    fn diagonal(&self) -> Result<Vec<T>, LinalgError> {
+        (**self).diagonal()
+    }
+    fn logdet(&self) -> Result<T, LinalgError> {
+        (**self).logdet()
+    }
+    fn logdet_shifted(&self, shift: T) -> Result<T, LinalgError> {
+        (**self).logdet_shifted(shift)
+    }
+    fn solve(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        (**self).solve(out, rhs)
+    }
+    fn solve_shifted(&self, shift: T, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        (**self).solve_shifted(shift, out, rhs)
+    }
+    fn eigh(&self) -> Result<Eigh<T>, LinalgError> {
+        (**self).eigh()
     }
 }
 
@@ -166,6 +263,27 @@ where
     }
     fn apply_transpose(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         (**self).apply_transpose(out, rhs)
+    }
+    fn trace(&self) -> Result<T, LinalgError> {
+        (**self).trace()
+    }
+    fn diagonal(&self) -> Result<Vec<T>, LinalgError> {
+        (**self).diagonal()
+    }
+    fn logdet(&self) -> Result<T, LinalgError> {
+        (**self).logdet()
+    }
+    fn logdet_shifted(&self, shift: T) -> Result<T, LinalgError> {
+        (**self).logdet_shifted(shift)
+    }
+    fn solve(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        (**self).solve(out, rhs)
+    }
+    fn solve_shifted(&self, shift: T, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        (**self).solve_shifted(shift, out, rhs)
+    }
+    fn eigh(&self) -> Result<Eigh<T>, LinalgError> {
+        (**self).eigh()
     }
 }
 

@@ -6,7 +6,7 @@
 use crate::data::{Dataset, Targets};
 use crate::loss::LossKind;
 use crate::network::Network;
-use crate::spec::{parse_model, ModelSpec};
+use crate::spec::{parse_model, BnBuffers, ModelSpec};
 use crate::NnError;
 use curvops_tensor::Float;
 use safetensors::tensor::TensorView;
@@ -71,14 +71,22 @@ fn float_tensor<T: Float>(path: &str, key: &str, t: &TensorView, shape: Option<&
     }
     let data = t.data();
     let out: Vec<T> = match t.dtype() {
-        Dtype::F32 => data.chunks_exact(4).map(|b| T::of(f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)).collect(),
+        Dtype::F32 => {
+            data.chunks_exact(4).map(|b| T::of(f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)).collect()
+        }
         Dtype::F64 => data.chunks_exact(8).map(|b| T::of(<f64 as Float>::from_le_bytes(b))).collect(),
         d => {
-            return Err(NnError::tensor(path, format!("tensor '{key}' has dtype {}, expected f32 or f64", dtype_name(d))))
+            return Err(NnError::tensor(
+                path,
+                format!("tensor '{key}' has dtype {}, expected f32 or f64", dtype_name(d)),
+            ))
         }
     };
     if let Some(i) = out.iter().position(|v| !v.is_finite()) {
-        return Err(NnError::tensor(path, format!("tensor '{key}' has a non-finite value (NaN or Inf) at flat index {i}")));
+        return Err(NnError::tensor(
+            path,
+            format!("tensor '{key}' has a non-finite value (NaN or Inf) at flat index {i}"),
+        ));
     }
     Ok(out)
 }
@@ -93,13 +101,20 @@ fn int_tensor(path: &str, key: &str, t: &TensorView) -> Result<Vec<i64>, NnError
         Dtype::I8 => d.iter().map(|&b| b as i8 as i64).collect(),
         Dtype::U8 => d.iter().map(|&b| b as i64).collect(),
         other => {
-            return Err(NnError::tensor(path, format!("tensor '{key}' has dtype {}, expected an integer type", dtype_name(other))))
+            return Err(NnError::tensor(
+                path,
+                format!("tensor '{key}' has dtype {}, expected an integer type", dtype_name(other)),
+            ))
         }
     })
 }
 
 /// Builds the network of `spec` with the parameters and buffers of a weights file.
-pub fn load_weights<T: Float>(spec: &ModelSpec, model_path: &str, weights: &Path) -> Result<(Network<T>, Vec<T>), NnError> {
+pub fn load_weights<T: Float>(
+    spec: &ModelSpec,
+    model_path: &str,
+    weights: &Path,
+) -> Result<(Network<T>, Vec<T>), NnError> {
     let wp = weights.display().to_string();
     let bytes = read_bytes(weights)?;
     let st = open_st(&bytes, &wp)?;
@@ -108,7 +123,7 @@ pub fn load_weights<T: Float>(spec: &ModelSpec, model_path: &str, weights: &Path
         st.tensor(key).map_err(|_| NnError::tensor(&wp, format!("missing tensor '{key}'")))
     };
     let used = std::cell::RefCell::new(BTreeSet::<String>::new());
-    let bn = |i: usize, c: usize| -> Result<(Vec<f64>, Vec<f64>), NnError> {
+    let bn = |i: usize, c: usize| -> Result<BnBuffers, NnError> {
         let mk = format!("{i}.running_mean");
         let vk = format!("{i}.running_var");
         let mean: Vec<f64> = float_tensor(&wp, &mk, &get(&mk)?, Some(&[c]))?;
@@ -120,7 +135,8 @@ pub fn load_weights<T: Float>(spec: &ModelSpec, model_path: &str, weights: &Path
         u.insert(mk);
         u.insert(vk);
         u.insert(format!("{i}.num_batches_tracked"));
-        Ok((mean, var))
+        let has_affine = st.tensor(&format!("{i}.weight")).is_ok() && st.tensor(&format!("{i}.bias")).is_ok();
+        Ok(BnBuffers { mean, var, has_affine })
     };
     let net: Network<T> = spec.build(model_path, &bn)?;
     let mut theta = vec![T::zero(); net.num_params()];
@@ -131,12 +147,16 @@ pub fn load_weights<T: Float>(spec: &ModelSpec, model_path: &str, weights: &Path
         expected.insert(e.name.clone());
     }
     expected.extend(used.into_inner());
-    let mut extra: Vec<String> = st.names().into_iter().filter(|n| !expected.contains(*n)).map(|s| s.to_string()).collect();
+    let mut extra: Vec<String> =
+        st.names().into_iter().filter(|n| !expected.contains(*n)).map(|s| s.to_string()).collect();
     extra.sort();
     if let Some(x) = extra.first() {
         return Err(NnError::tensor(
             &wp,
-            format!("unexpected tensor '{x}' (the model has no such parameter or buffer{})", if extra.len() > 1 { format!("; {} more", extra.len() - 1) } else { String::new() }),
+            format!(
+                "unexpected tensor '{x}' (the model has no such parameter or buffer{})",
+                if extra.len() > 1 { format!("; {} more", extra.len() - 1) } else { String::new() }
+            ),
         ));
     }
     Ok((net, theta))
@@ -158,7 +178,10 @@ pub fn load_data<T: Float>(net: &Network<T>, path: &Path) -> Result<Dataset<T>, 
     if xs.len() != net.input_shape.len() + 1 || xs[1..] != net.input_shape[..] {
         return Err(NnError::tensor(
             &dp,
-            format!("tensor 'x' has shape {xs:?}, expected [N, {}]", net.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+            format!(
+                "tensor 'x' has shape {xs:?}, expected [N, {}]",
+                net.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            ),
         ));
     }
     let n = xs[0];
@@ -171,28 +194,41 @@ pub fn load_data<T: Float>(net: &Network<T>, path: &Path) -> Result<Dataset<T>, 
     let (y, width) = match net.loss.kind {
         LossKind::CrossEntropy if ys.len() == 1 => {
             if ys[0] != n {
-                return Err(NnError::tensor(&dp, format!("tensor 'y' has shape {ys:?}, expected [{n}] (class indices) or [{n}, {c}]")));
+                return Err(NnError::tensor(
+                    &dp,
+                    format!("tensor 'y' has shape {ys:?}, expected [{n}] (class indices) or [{n}, {c}]"),
+                ));
             }
             let lab = int_tensor(&dp, "y", &yt)?;
             if let Some((i, &v)) = lab.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= c) {
-                return Err(NnError::tensor(&dp, format!("tensor 'y': label {v} of sample {i} is out of range [0, {c})")));
+                return Err(NnError::tensor(
+                    &dp,
+                    format!("tensor 'y': label {v} of sample {i} is out of range [0, {c})"),
+                ));
             }
             (Targets::Classes(lab.into_iter().map(|v| v as usize).collect()), 0)
         }
         kind => {
             if ys != [n, c] {
-                let alt = if kind == LossKind::CrossEntropy { format!(" or [{n}] (class indices)") } else { String::new() };
+                let alt =
+                    if kind == LossKind::CrossEntropy { format!(" or [{n}] (class indices)") } else { String::new() };
                 return Err(NnError::tensor(&dp, format!("tensor 'y' has shape {ys:?}, expected [{n}, {c}]{alt}")));
             }
             let v: Vec<T> = float_tensor(&dp, "y", &yt, None)?;
             if kind == LossKind::BceWithLogits {
                 if let Some(i) = v.iter().position(|t| *t < T::zero() || *t > T::one()) {
-                    return Err(NnError::tensor(&dp, format!("tensor 'y': target {} at flat index {i} is outside [0, 1]", v[i])));
+                    return Err(NnError::tensor(
+                        &dp,
+                        format!("tensor 'y': target {} at flat index {i} is outside [0, 1]", v[i]),
+                    ));
                 }
             }
             if kind == LossKind::CrossEntropy {
                 if let Some(i) = v.iter().position(|t| *t < T::zero()) {
-                    return Err(NnError::tensor(&dp, format!("tensor 'y': class probability {} at flat index {i} is negative", v[i])));
+                    return Err(NnError::tensor(
+                        &dp,
+                        format!("tensor 'y': class probability {} at flat index {i} is negative", v[i]),
+                    ));
                 }
             }
             (Targets::Dense(v), c)
@@ -260,9 +296,15 @@ pub fn read_npy<T: Float>(path: &Path) -> Result<(Vec<usize>, Vec<T>), NnError> 
         let i = header.find(&format!("'{name}'"))?;
         Some(header[i + name.len() + 2..].trim_start().trim_start_matches(':').trim_start())
     };
-    let descr = field("descr").and_then(|s| s.strip_prefix('\'')).and_then(|s| s.split('\'').next()).ok_or_else(|| bad("no descr in .npy header"))?;
+    let descr = field("descr")
+        .and_then(|s| s.strip_prefix('\''))
+        .and_then(|s| s.split('\'').next())
+        .ok_or_else(|| bad("no descr in .npy header"))?;
     let fortran = field("fortran_order").map(|s| s.starts_with("True")).unwrap_or(false);
-    let shape_s = field("shape").and_then(|s| s.strip_prefix('(')).and_then(|s| s.split(')').next()).ok_or_else(|| bad("no shape in .npy header"))?;
+    let shape_s = field("shape")
+        .and_then(|s| s.strip_prefix('('))
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("no shape in .npy header"))?;
     let shape: Vec<usize> = shape_s
         .split(',')
         .map(str::trim)
@@ -283,7 +325,10 @@ pub fn read_npy<T: Float>(path: &Path) -> Result<(Vec<usize>, Vec<T>), NnError> 
             if body.len() < count * 4 {
                 return Err(bad("truncated .npy data"));
             }
-            body[..count * 4].chunks_exact(4).map(|c| T::of(f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)).collect()
+            body[..count * 4]
+                .chunks_exact(4)
+                .map(|c| T::of(f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64))
+                .collect()
         }
         d => return Err(bad(&format!("dtype '{d}' is not supported (use float32 or float64, little-endian)"))),
     };
@@ -312,4 +357,59 @@ pub fn read_npy<T: Float>(path: &Path) -> Result<(Vec<usize>, Vec<T>), NnError> 
         }
     }
     Ok((shape, out))
+}
+
+/// A tensor to write: name, shape and values.
+pub struct NamedTensor<'a, T> {
+    /// Key.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Values (row-major).
+    pub data: &'a [T],
+}
+
+/// Writes tensors to a safetensors file in the dtype of `T` (readable by
+/// `safetensors.torch.load_file`).
+pub fn write_safetensors<T: Float>(path: &Path, tensors: &[NamedTensor<T>]) -> Result<(), NnError> {
+    let p = path.display().to_string();
+    let dtype = if T::BYTES == 4 { Dtype::F32 } else { Dtype::F64 };
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| {
+            let mut b = Vec::with_capacity(t.data.len() * T::BYTES);
+            for v in t.data {
+                v.write_le_bytes(&mut b);
+            }
+            b
+        })
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            TensorView::new(dtype, t.shape.clone(), b)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| NnError::tensor(&p, format!("tensor '{}': {e}", t.name)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::tensor::serialize_to_file(views, None, path).map_err(|e| NnError::io(&p, e.to_string()))
+}
+
+/// Writes parameters `θ` (flat, state-dict order) and batch-norm buffers of `net` as a PyTorch
+/// state dict.
+pub fn write_weights<T: Float>(
+    path: &Path,
+    net: &Network<T>,
+    theta: &[T],
+    extra: &[NamedTensor<T>],
+) -> Result<(), NnError> {
+    let mut ts: Vec<NamedTensor<T>> = net
+        .layout
+        .entries
+        .iter()
+        .map(|e| NamedTensor { name: e.name.clone(), shape: e.shape.clone(), data: &theta[e.offset..e.offset + e.len] })
+        .collect();
+    ts.extend(extra.iter().map(|t| NamedTensor { name: t.name.clone(), shape: t.shape.clone(), data: t.data }));
+    write_safetensors(path, &ts)
 }

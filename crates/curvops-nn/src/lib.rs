@@ -14,6 +14,9 @@
 //! slice; `K` stacked tangents (or cotangents) of it are a row-major `[N, K, S]` slice.
 //! Parameter-space blocks of `K` vectors are row-major `[K, D]` (faer column-major `[D, K]`).
 
+// Index loops over several arrays are the clearest form for numerical kernels.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
 pub mod data;
 pub mod error;
 pub mod io;

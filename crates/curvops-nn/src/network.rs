@@ -102,8 +102,7 @@ impl ActiveSet {
                 dim += e.len;
             }
         }
-        let layer_active: Vec<bool> =
-            layout.layer_entries.iter().map(|r| r.clone().any(|i| mask[i])).collect();
+        let layer_active: Vec<bool> = layout.layer_entries.iter().map(|r| r.clone().any(|i| mask[i])).collect();
         let first_layer = layer_active.iter().position(|&a| a).unwrap_or(usize::MAX);
         Self { sub_offset, dim, first_layer, layer_active }
     }
@@ -193,6 +192,8 @@ pub struct Network<T: Float> {
     pub layout: ParamLayout,
     /// The loss on the outputs.
     pub loss: Loss,
+    /// Non-fatal remarks from loading (printed by the CLI on standard error).
+    pub warnings: Vec<String>,
 }
 
 /// Per-tensor parameter inputs of one layer (borrowed when `K = 1`).
@@ -203,7 +204,7 @@ impl<T: Float> Network<T> {
     pub fn new(input_shape: Vec<usize>, layers: Vec<Box<dyn Layer<T>>>, loss: Loss) -> Self {
         let specs: Vec<Vec<ParamSpec>> = layers.iter().map(|l| l.params()).collect();
         let layout = ParamLayout::new(&specs);
-        Self { input_shape, layers, layout, loss }
+        Self { input_shape, layers, layout, loss, warnings: Vec::new() }
     }
 
     /// Number of parameters `D`.
@@ -318,7 +319,11 @@ impl<T: Float> Network<T> {
                 if let (Some(so), Some(b)) = (active.sub_offset[i], b) {
                     let len = self.layout.entries[i].len;
                     for kk in 0..k {
-                        curvops_tensor::ops::axpy(T::one(), &b[kk * len..(kk + 1) * len], &mut out[kk * d + so..kk * d + so + len]);
+                        curvops_tensor::ops::axpy(
+                            T::one(),
+                            &b[kk * len..(kk + 1) * len],
+                            &mut out[kk * d + so..kk * d + so + len],
+                        );
                     }
                 }
             }
@@ -376,6 +381,37 @@ impl<T: Float> Network<T> {
                 g = layer.vjp_input(&c, &g, k);
             }
         }
+    }
+
+    /// Reverse mode returning the cotangent at every layer's output: element `l + 1` is
+    /// `∂/∂y_l` for `K` output cotangents `g` (`[N, K, C]`), for layers `l ≥ stop`; earlier
+    /// elements are `None`. Element `L` is `g` itself. Used by rules that need backpropagated
+    /// vectors per layer (KFAC's gradient factor, curvature diagonals).
+    pub fn backward_cotangents(
+        &self,
+        theta: &[T],
+        tape: &Tape<T>,
+        g: Vec<T>,
+        k: usize,
+        stop: usize,
+    ) -> Vec<Option<Vec<T>>> {
+        let nl = self.layers.len();
+        let mut out: Vec<Option<Vec<T>>> = vec![None; nl + 1];
+        let mut cur = g;
+        for l in (stop.min(nl)..nl).rev() {
+            let next = if l > stop { Some(self.layers[l].vjp_input(&self.ctx(l, theta, tape), &cur, k)) } else { None };
+            out[l + 1] = Some(cur);
+            match next {
+                Some(n) => cur = n,
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// The layer's parameters within `θ`.
+    pub fn params_of<'a>(&self, l: usize, theta: &'a [T]) -> &'a [T] {
+        self.layer_params(l, theta)
     }
 
     /// Per-sample reverse mode: row `(n, k)` of `out` (`[N·K, D_S]`, overwritten) is

@@ -115,7 +115,9 @@ impl<'a> Fields<'a> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
     fn uint_of(&self, key: &str, v: &Value) -> Result<usize, NnError> {
-        v.as_u64().map(|x| x as usize).ok_or_else(|| self.err(format!("'{key}' must be a non-negative integer, got {v}")))
+        v.as_u64()
+            .map(|x| x as usize)
+            .ok_or_else(|| self.err(format!("'{key}' must be a non-negative integer, got {v}")))
     }
     fn uint(&self, key: &str, default: Option<usize>) -> Result<usize, NnError> {
         match (self.get(key), default) {
@@ -294,16 +296,16 @@ fn parse_layer(path: &str, i: usize, v: &Value) -> Result<LayerSpec, NnError> {
 }
 
 fn parse_loss(path: &str, v: Option<&Value>) -> Result<Loss, NnError> {
-    let obj = v
-        .and_then(Value::as_object)
-        .ok_or_else(|| NnError::spec(path, "missing object field 'loss'"))?;
+    let obj = v.and_then(Value::as_object).ok_or_else(|| NnError::spec(path, "missing object field 'loss'"))?;
     let f = Fields { path, what: "loss".into(), obj };
     f.allow(&["reduction"])?;
     let kind = match obj.get("type").and_then(Value::as_str) {
         Some("mse") => LossKind::Mse,
         Some("cross_entropy") => LossKind::CrossEntropy,
         Some("bce_with_logits") => LossKind::BceWithLogits,
-        Some(other) => return Err(f.err(format!("unknown loss type '{other}' (known: mse, cross_entropy, bce_with_logits)"))),
+        Some(other) => {
+            return Err(f.err(format!("unknown loss type '{other}' (known: mse, cross_entropy, bce_with_logits)")))
+        }
         None => return Err(f.err("missing string field 'type'")),
     };
     let reduction = match f.get("reduction") {
@@ -347,8 +349,19 @@ pub fn parse_model(text: &str, path: &str) -> Result<ModelSpec, NnError> {
     Ok(ModelSpec { input_shape, layers, loss })
 }
 
-/// Running statistics `(mean, var)` of batch-norm layer `i` with `c` channels.
-pub type BnStats<'a> = dyn Fn(usize, usize) -> Result<(Vec<f64>, Vec<f64>), NnError> + 'a;
+/// What a weights file holds for batch-norm layer `i` with `c` channels.
+#[derive(Clone, Debug)]
+pub struct BnBuffers {
+    /// Running mean.
+    pub mean: Vec<f64>,
+    /// Running variance.
+    pub var: Vec<f64>,
+    /// Whether the file also holds affine parameters (`{i}.weight`, `{i}.bias`).
+    pub has_affine: bool,
+}
+
+/// Supplies the buffers of batch-norm layer `i` with `c` channels.
+pub type BnStats<'a> = dyn Fn(usize, usize) -> Result<BnBuffers, NnError> + 'a;
 
 impl ModelSpec {
     /// Builds the network, checking that layer sizes chain; `bn_stats` supplies the running
@@ -356,6 +369,7 @@ impl ModelSpec {
     pub fn build<T: Float>(&self, path: &str, bn_stats: &BnStats) -> Result<Network<T>, NnError> {
         let mut shape = self.input_shape.clone();
         let mut layers: Vec<Box<dyn Layer<T>>> = Vec::with_capacity(self.layers.len());
+        let mut warnings = Vec::new();
         for (i, ls) in self.layers.iter().enumerate() {
             let name = layer_type(ls);
             let err = |msg: String| NnError::spec(path, format!("layer {i} ({name}): {msg}"));
@@ -404,9 +418,19 @@ impl ModelSpec {
                             "num_features {num_features} needs an input {want} with C = {num_features}, got {shape:?}"
                         )));
                     }
-                    let (mean, var) = bn_stats(i, *num_features)?;
+                    let BnBuffers { mean, var, has_affine } = bn_stats(i, *num_features)?;
+                    // PyTorch would refuse such a state dict; a model built with affine=True
+                    // wrote it, so its parameters are used (and a warning says so)
+                    let affine = if !*affine && has_affine {
+                        warnings.push(format!(
+                            "layer {i} ({name}): model.json says affine=false but the weights hold {i}.weight and {i}.bias; using them as affine parameters"
+                        ));
+                        true
+                    } else {
+                        *affine
+                    };
                     let kind = if *dim == 1 { "batchnorm1d" } else { "batchnorm2d" };
-                    Box::new(BatchNorm::new(kind, shape.clone(), mean, var, *eps, *affine))
+                    Box::new(BatchNorm::new(kind, shape.clone(), mean, var, *eps, affine))
                 }
                 LayerSpec::Dropout => Box::new(Identity::dropout(shape.clone())),
                 LayerSpec::Flatten => Box::new(Identity::flatten(shape.clone())),
@@ -421,7 +445,9 @@ impl ModelSpec {
                 format!("the network output must be a vector per sample, got shape {shape:?} (add a flatten layer)"),
             ));
         }
-        Ok(Network::new(self.input_shape.clone(), layers, self.loss))
+        let mut net = Network::new(self.input_shape.clone(), layers, self.loss);
+        net.warnings = warnings;
+        Ok(net)
     }
 }
 

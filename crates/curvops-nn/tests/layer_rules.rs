@@ -19,17 +19,6 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     num / den
 }
 
-/// Parameter tensors of a layer as slices of `p`.
-fn split<'a>(layer: &dyn Layer<f64>, p: &'a [f64]) -> Vec<&'a [f64]> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    for s in layer.params() {
-        out.push(&p[off..off + s.len()]);
-        off += s.len();
-    }
-    out
-}
-
 /// Stacks K per-tensor tangents `[K, size]` from K full-layer vectors.
 fn per_tensor(layer: &dyn Layer<f64>, dps: &[Vec<f64>]) -> Vec<Vec<f64>> {
     let k = dps.len();
@@ -140,7 +129,11 @@ fn check_layer(name: &str, layer: &dyn Layer<f64>, n: usize, seed: u64) {
         }
         for (t, s) in layer.params().iter().enumerate() {
             let len = s.len();
-            assert!(rel_err(&ps[t][sn * k * len..(sn + 1) * k * len], &one[t]) < 1e-12, "{name}: per-sample {}", s.name);
+            assert!(
+                rel_err(&ps[t][sn * k * len..(sn + 1) * k * len], &one[t]) < 1e-12,
+                "{name}: per-sample {}",
+                s.name
+            );
         }
     }
 
@@ -183,7 +176,8 @@ fn check_layer(name: &str, layer: &dyn Layer<f64>, n: usize, seed: u64) {
                 out
             };
             let num = fd(&f, &z0, &dz, 1e-5);
-            let mut ana: Vec<f64> = (0..n).flat_map(|s| rgx[(s * k + kk) * is..(s * k + kk + 1) * is].to_vec()).collect();
+            let mut ana: Vec<f64> =
+                (0..n).flat_map(|s| rgx[(s * k + kk) * is..(s * k + kk + 1) * is].to_vec()).collect();
             ana.extend(flat_from_tensors(layer, &rgrad, k, kk));
             let e = rel_err(&ana, &num);
             assert!(e < 1e-6, "{name}: hvp_backward (with_rx={with_rx}) err {e}");
@@ -191,7 +185,15 @@ fn check_layer(name: &str, layer: &dyn Layer<f64>, n: usize, seed: u64) {
     }
 }
 
-fn geom(c: usize, h: usize, w: usize, k: (usize, usize), s: (usize, usize), p: (usize, usize), d: (usize, usize)) -> Geom2d {
+fn geom(
+    c: usize,
+    h: usize,
+    w: usize,
+    k: (usize, usize),
+    s: (usize, usize),
+    p: (usize, usize),
+    d: (usize, usize),
+) -> Geom2d {
     Geom2d::new(c, h, w, k, s, p, d).unwrap()
 }
 

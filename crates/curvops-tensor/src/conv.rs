@@ -131,11 +131,8 @@ impl Geom2d {
         // ox·sw + j·dw − pw ∈ [0, w)
         let off = j * self.dw;
         let lo = if off >= self.pw { 0 } else { (self.pw - off).div_ceil(self.sw) };
-        let hi_excl = if self.w + self.pw <= off {
-            0
-        } else {
-            ((self.w + self.pw - off - 1) / self.sw + 1).min(self.ow)
-        };
+        let hi_excl =
+            if self.w + self.pw <= off { 0 } else { ((self.w + self.pw - off - 1) / self.sw + 1).min(self.ow) };
         (lo, hi_excl.max(lo))
     }
 

@@ -18,6 +18,7 @@ pub trait Float:
     + Debug
     + Display
     + std::iter::Sum
+    + crate::vmath::SliceMath
     + 'static
 {
     /// The dtype name used in files and JSON output: `"f32"` or `"f64"`.

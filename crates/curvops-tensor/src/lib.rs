@@ -13,12 +13,17 @@
 //! is a row-major `[N, K, S]` slice (sample-major, then tangent index). With this layout a
 //! linear layer applies to all `N·K` tangent rows with a single GEMM.
 
+// Index loops over several arrays are the clearest form for numerical kernels.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
 pub mod conv;
 pub mod float;
 pub mod gemm;
 pub mod ops;
 pub mod rng;
+pub mod simd;
 pub mod threads;
+pub mod vmath;
 
 pub use float::Float;
 pub use gemm::{gemm, Trans};

@@ -19,6 +19,8 @@ pub fn set_threads(t: usize) {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
     }
     THREADS.store(t, Ordering::Relaxed);
+    // faer's high-level decompositions (Cholesky, LU, QR) use faer's global setting
+    faer::set_global_parallelism(par());
 }
 
 /// The current thread count.

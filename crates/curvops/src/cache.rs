@@ -29,20 +29,20 @@ impl<T: Float> BatchState<T> {
     }
 }
 
+/// Cached batch states by batch number, and the bytes they hold.
+type Slots<T> = (Vec<Option<Arc<BatchState<T>>>>, usize);
+
 /// A cache of [`BatchState`]s indexed by batch number.
 #[derive(Debug)]
 pub struct ForwardCache<T: Float> {
     budget: usize,
-    inner: Mutex<(Vec<Option<Arc<BatchState<T>>>>, usize)>,
+    inner: Mutex<Slots<T>>,
 }
 
 impl<T: Float> ForwardCache<T> {
     /// A cache holding at most `budget_bytes`.
     pub fn new(budget_bytes: usize) -> Self {
-        Self {
-            budget: budget_bytes,
-            inner: Mutex::new((Vec::new(), 0)),
-        }
+        Self { budget: budget_bytes, inner: Mutex::new((Vec::new(), 0)) }
     }
 
     /// The budget in bytes.
@@ -57,21 +57,11 @@ impl<T: Float> ForwardCache<T> {
 
     /// Number of batches held.
     pub fn batches_held(&self) -> usize {
-        self.inner
-            .lock()
-            .expect("cache lock")
-            .0
-            .iter()
-            .filter(|b| b.is_some())
-            .count()
+        self.inner.lock().expect("cache lock").0.iter().filter(|b| b.is_some()).count()
     }
 
     /// The state of batch `b`, computed by `make` unless cached; stored if it fits.
-    pub fn get_or_compute(
-        &self,
-        b: usize,
-        make: impl FnOnce() -> BatchState<T>,
-    ) -> Arc<BatchState<T>> {
+    pub fn get_or_compute(&self, b: usize, make: impl FnOnce() -> BatchState<T>) -> Arc<BatchState<T>> {
         if self.budget > 0 {
             let g = self.inner.lock().expect("cache lock");
             if let Some(Some(s)) = g.0.get(b) {

@@ -67,26 +67,9 @@ pub struct CurvatureOperator<'a, T: Float> {
 impl<'a, T: Float> CurvatureOperator<'a, T> {
     /// The operator `kind` of `problem` over the `active` parameters, accumulated over batches
     /// of `batch_size` samples (0: one batch), without caching.
-    pub fn new(
-        problem: &'a Problem<T>,
-        kind: Curvature,
-        active: ActiveSet,
-        batch_size: usize,
-    ) -> Self {
-        let c = T::of(
-            problem
-                .net
-                .loss
-                .factor(problem.data.n, problem.net.out_size()),
-        );
-        Self {
-            problem,
-            kind,
-            active,
-            batch_size,
-            cache: ForwardCache::new(0),
-            c,
-        }
+    pub fn new(problem: &'a Problem<T>, kind: Curvature, active: ActiveSet, batch_size: usize) -> Self {
+        let c = T::of(problem.net.loss.factor(problem.data.n, problem.net.out_size()));
+        Self { problem, kind, active, batch_size, cache: ForwardCache::new(0), c }
     }
 
     /// Keeps forward passes and loss factors of up to `budget_bytes` across applications.
@@ -138,14 +121,7 @@ impl<'a, T: Float> CurvatureOperator<'a, T> {
                     (g, 1)
                 }
                 Curvature::FisherMc { samples, seed } => {
-                    let mut g = net.loss.sampled_grads(
-                        tape.output(),
-                        batch.n,
-                        cdim,
-                        seed,
-                        batch.start,
-                        samples,
-                    );
+                    let mut g = net.loss.sampled_grads(tape.output(), batch.n, cdim, seed, batch.start, samples);
                     curvops_tensor::ops::scale((self.c / T::of(samples as f64)).sqrt(), &mut g);
                     (g, samples)
                 }
@@ -159,22 +135,12 @@ impl<'a, T: Float> CurvatureOperator<'a, T> {
     /// the same layout.
     pub fn apply_block(&self, v: &[T], k: usize) -> Vec<T> {
         let d = self.active.dim;
-        assert_eq!(
-            v.len(),
-            d * k,
-            "apply_block: expected {k} vectors of length {d}"
-        );
+        assert_eq!(v.len(), d * k, "apply_block: expected {k} vectors of length {d}");
         let net = &self.problem.net;
         let theta = &self.problem.theta;
         let cdim = net.out_size();
         let mut acc = vec![T::zero(); d * k];
-        for (bi, batch) in self
-            .problem
-            .data
-            .batches(self.batch_size)
-            .iter()
-            .enumerate()
-        {
+        for (bi, batch) in self.problem.data.batches(self.batch_size).iter().enumerate() {
             let st = self.batch_state(bi, batch);
             let tape = &st.tape;
             let n = batch.n;
@@ -206,14 +172,7 @@ impl<'a, T: Float> CurvatureOperator<'a, T> {
 
 /// `u[n, k] = Σ_r ⟨F[n, r], w[n, k]⟩ F[n, r]` for factor columns `F` (`[n, R, C]`) and
 /// output tangents `w` (`[n, K, C]`).
-pub fn factor_product<T: Float>(
-    f: &[T],
-    r: usize,
-    w: &[T],
-    n: usize,
-    k: usize,
-    c: usize,
-) -> Vec<T> {
+pub fn factor_product<T: Float>(f: &[T], r: usize, w: &[T], n: usize, k: usize, c: usize) -> Vec<T> {
     let mut u = vec![T::zero(); n * k * c];
     for s in 0..n {
         for kk in 0..k {

@@ -14,20 +14,14 @@ use curvops_nn::ActiveSet;
 use curvops_tensor::{gemm, Float, Trans};
 
 /// The per-sample factor rows `V_b` of a GGN-type operator on batch `b`: `[n·R, D_S]` and `R`.
-pub fn factor_rows<T: Float>(
-    op: &CurvatureOperator<T>,
-    index: usize,
-    batch: &curvops_nn::Batch<T>,
-) -> (Vec<T>, usize) {
+pub fn factor_rows<T: Float>(op: &CurvatureOperator<T>, index: usize, batch: &curvops_nn::Batch<T>) -> (Vec<T>, usize) {
     let p = op.problem();
     let net = &p.net;
     let cdim = net.out_size();
     let st = op.batch_state(index, batch);
     let (cot, r) = match op.kind() {
         Curvature::Ggn => {
-            let (mut s, r) = net
-                .loss
-                .hess_factor(st.tape.output(), batch.y, batch.n, cdim);
+            let (mut s, r) = net.loss.hess_factor(st.tape.output(), batch.y, batch.n, cdim);
             curvops_tensor::ops::scale(op.reduction_factor().sqrt(), &mut s);
             (s, r)
         }
@@ -41,10 +35,7 @@ pub fn factor_rows<T: Float>(
 }
 
 /// The dense `D_S × D_S` matrix (row-major), reporting progress as `(done, total)` steps.
-pub fn dense_curvature<T: Float>(
-    op: &CurvatureOperator<T>,
-    progress: &dyn Fn(usize, usize),
-) -> Vec<T> {
+pub fn dense_curvature<T: Float>(op: &CurvatureOperator<T>, progress: &dyn Fn(usize, usize)) -> Vec<T> {
     let d = op.active().dim;
     let mut m = vec![T::zero(); d * d];
     match op.kind() {
@@ -69,21 +60,7 @@ pub fn dense_curvature<T: Float>(
             for (bi, batch) in batches.iter().enumerate() {
                 let (rows, r) = factor_rows(op, bi, batch);
                 let nr = batch.n * r;
-                gemm(
-                    d,
-                    d,
-                    nr,
-                    T::one(),
-                    &rows,
-                    d,
-                    Trans::T,
-                    &rows,
-                    d,
-                    Trans::N,
-                    T::one(),
-                    &mut m,
-                    d,
-                );
+                gemm(d, d, nr, T::one(), &rows, d, Trans::T, &rows, d, Trans::N, T::one(), &mut m, d);
                 progress(bi + 1, steps);
             }
         }
@@ -105,14 +82,7 @@ pub fn dense_jacobian<T: Float>(p: &Problem<T>, active: &ActiveSet, batch_size: 
             }
         }
         let start = batch.start * cdim * d;
-        net.vjp_per_sample(
-            &p.theta,
-            &tape,
-            eye,
-            cdim,
-            active,
-            &mut out[start..start + batch.n * cdim * d],
-        );
+        net.vjp_per_sample(&p.theta, &tape, eye, cdim, active, &mut out[start..start + batch.n * cdim * d]);
     }
     out
 }

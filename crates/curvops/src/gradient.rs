@@ -19,11 +19,7 @@ use curvops_nn::ActiveSet;
 use curvops_tensor::Float;
 
 /// `(L, ∇L)` over the data set for the active parameters; the loss is accumulated in f64.
-pub fn loss_and_grad<T: Float>(
-    p: &Problem<T>,
-    active: &ActiveSet,
-    batch_size: usize,
-) -> (f64, Vec<T>) {
+pub fn loss_and_grad<T: Float>(p: &Problem<T>, active: &ActiveSet, batch_size: usize) -> (f64, Vec<T>) {
     let net = &p.net;
     let cdim = net.out_size();
     let c = net.loss.factor(p.data.n, cdim);
@@ -47,12 +43,7 @@ pub fn loss_value<T: Float>(p: &Problem<T>, batch_size: usize) -> f64 {
     let mut loss = 0.0;
     for batch in p.data.batches(batch_size) {
         let f = net.predict(&p.theta, batch.x, batch.n);
-        loss += net
-            .loss
-            .values(&f, batch.y, batch.n, cdim)
-            .iter()
-            .map(|v| v.as_f64())
-            .sum::<f64>();
+        loss += net.loss.values(&f, batch.y, batch.n, cdim).iter().map(|v| v.as_f64()).sum::<f64>();
     }
     net.loss.factor(p.data.n, cdim) * loss
 }
@@ -138,11 +129,7 @@ pub fn first_order<T: Float>(
             let mut sum = vec![T::zero(); d];
             for_each_per_sample_grads(p, active, batch_size, |_, n, rows| {
                 for s in 0..n {
-                    for ((a, b), &g) in sgs
-                        .iter_mut()
-                        .zip(sum.iter_mut())
-                        .zip(&rows[s * d..(s + 1) * d])
-                    {
+                    for ((a, b), &g) in sgs.iter_mut().zip(sum.iter_mut()).zip(&rows[s * d..(s + 1) * d]) {
                         let cg = c * g;
                         *a += cg * cg;
                         *b += cg;

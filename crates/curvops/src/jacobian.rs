@@ -17,18 +17,8 @@ pub struct JacobianOperator<'a, T: Float> {
 
 impl<'a, T: Float> JacobianOperator<'a, T> {
     /// The Jacobian of `problem`'s outputs with respect to the `active` parameters.
-    pub fn new(
-        problem: &'a Problem<T>,
-        active: ActiveSet,
-        batch_size: usize,
-        transposed: bool,
-    ) -> Self {
-        Self {
-            problem,
-            active,
-            batch_size,
-            transposed,
-        }
+    pub fn new(problem: &'a Problem<T>, active: ActiveSet, batch_size: usize, transposed: bool) -> Self {
+        Self { problem, active, batch_size, transposed }
     }
 
     fn out_rows(&self) -> usize {
@@ -42,11 +32,8 @@ impl<'a, T: Float> JacobianOperator<'a, T> {
         let mut out = vec![T::zero(); k * rows];
         for batch in self.problem.data.batches(self.batch_size) {
             let tape = net.forward(&self.problem.theta, batch.x, batch.n);
-            let jv = net
-                .jvp(&self.problem.theta, &tape, v, k, &self.active, false)
-                .pop()
-                .flatten()
-                .expect("output tangent");
+            let jv =
+                net.jvp(&self.problem.theta, &tape, v, k, &self.active, false).pop().flatten().expect("output tangent");
             for s in 0..batch.n {
                 for kk in 0..k {
                     let dst = kk * rows + (batch.start + s) * c;
@@ -96,25 +83,12 @@ impl<T: Float> LinearOperator<T> for JacobianOperator<'_, T> {
         Structure::GENERAL
     }
     fn describe(&self) -> String {
-        format!(
-            "{} ({}x{})",
-            if self.transposed {
-                "jacobian-t"
-            } else {
-                "jacobian"
-            },
-            self.nrows(),
-            self.ncols()
-        )
+        format!("{} ({}x{})", if self.transposed { "jacobian-t" } else { "jacobian" }, self.nrows(), self.ncols())
     }
     fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
         let k = rhs.ncols();
         let v = block_to_vec(rhs);
-        let r = if self.transposed {
-            self.vjp_block(&v, k)
-        } else {
-            self.jvp_block(&v, k)
-        };
+        let r = if self.transposed { self.vjp_block(&v, k) } else { self.jvp_block(&v, k) };
         vec_to_block(&r, out);
     }
     fn has_transpose(&self) -> bool {
@@ -123,11 +97,7 @@ impl<T: Float> LinearOperator<T> for JacobianOperator<'_, T> {
     fn apply_transpose(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         let k = rhs.ncols();
         let v = block_to_vec(rhs);
-        let r = if self.transposed {
-            self.jvp_block(&v, k)
-        } else {
-            self.vjp_block(&v, k)
-        };
+        let r = if self.transposed { self.jvp_block(&v, k) } else { self.vjp_block(&v, k) };
         vec_to_block(&r, out);
         Ok(())
     }

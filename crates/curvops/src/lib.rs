@@ -18,6 +18,9 @@
 //! ([`cache::ForwardCache`], within a memory budget), so algorithms that apply the same
 //! operator many times (Lanczos, CG, Hutch++) pay for the forward pass once.
 
+// Index loops over several arrays are the clearest form for numerical kernels.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
 pub mod cache;
 pub mod curvature;
 pub mod dense;

@@ -28,16 +28,8 @@ fn outputs_loss_and_gradient() {
         let all = ActiveSet::all(&p.net.layout);
         for bs in batch_sizes(&r) {
             let (l, g) = loss_and_grad(&p, &all, bs);
-            assert!(
-                (l - loss[0]).abs() <= TOL * loss[0].abs(),
-                "{name} bs={bs}: loss {l} vs {}",
-                loss[0]
-            );
-            assert!(
-                rel(&g, &grad) < TOL,
-                "{name} bs={bs}: grad {}",
-                rel(&g, &grad)
-            );
+            assert!((l - loss[0]).abs() <= TOL * loss[0].abs(), "{name} bs={bs}: loss {l} vs {}", loss[0]);
+            assert!(rel(&g, &grad) < TOL, "{name} bs={bs}: grad {}", rel(&g, &grad));
         }
     }
 }
@@ -47,11 +39,7 @@ fn dense_curvatures_match() {
     for name in PROBLEMS {
         let (p, r) = Reference::load(name);
         let all = ActiveSet::all(&p.net.layout);
-        for (kind, key) in [
-            (Curvature::Hessian, "hessian"),
-            (Curvature::Ggn, "ggn"),
-            (Curvature::Ef, "ef"),
-        ] {
+        for (kind, key) in [(Curvature::Hessian, "hessian"), (Curvature::Ggn, "ggn"), (Curvature::Ef, "ef")] {
             let (_, want) = r.array(key);
             for bs in batch_sizes(&r) {
                 let op = CurvatureOperator::new(&p, kind, all.clone(), bs);
@@ -60,11 +48,7 @@ fn dense_curvatures_match() {
                 assert!(e < TOL, "{name} {key} bs={bs}: dense rel err {e}");
                 // the generic unit-vector route agrees too
                 let got2 = curvops::dense::dense_of(&op);
-                assert!(
-                    rel(&got2, &want) < TOL,
-                    "{name} {key} bs={bs}: blocked dense {}",
-                    rel(&got2, &want)
-                );
+                assert!(rel(&got2, &want) < TOL, "{name} {key} bs={bs}: blocked dense {}", rel(&got2, &want));
             }
         }
     }
@@ -79,21 +63,13 @@ fn matvec_blocks_match() {
         let d = all.dim;
         for k in [1, 3] {
             let v: Vec<f64> = (0..k * d).map(|_| rng.normal()).collect();
-            for (kind, key) in [
-                (Curvature::Hessian, "hessian"),
-                (Curvature::Ggn, "ggn"),
-                (Curvature::Ef, "ef"),
-            ] {
+            for (kind, key) in [(Curvature::Hessian, "hessian"), (Curvature::Ggn, "ggn"), (Curvature::Ef, "ef")] {
                 let (_, m) = r.array(key);
                 let want = matmul_block(&m, d, d, &v, k);
                 for bs in batch_sizes(&r) {
                     let op = CurvatureOperator::new(&p, kind, all.clone(), bs);
                     let got = op.apply_block(&v, k);
-                    assert!(
-                        rel(&got, &want) < TOL,
-                        "{name} {key} k={k} bs={bs}: {}",
-                        rel(&got, &want)
-                    );
+                    assert!(rel(&got, &want) < TOL, "{name} {key} k={k} bs={bs}: {}", rel(&got, &want));
                 }
             }
         }
@@ -110,11 +86,7 @@ fn jacobian_and_transpose_match() {
         let (rows, d) = (shape[0], shape[1]);
         for bs in batch_sizes(&r) {
             let j = dense_jacobian(&p, &all, bs);
-            assert!(
-                rel(&j, &jref) < TOL,
-                "{name} bs={bs}: dense jacobian {}",
-                rel(&j, &jref)
-            );
+            assert!(rel(&j, &jref) < TOL, "{name} bs={bs}: dense jacobian {}", rel(&j, &jref));
             let op = JacobianOperator::new(&p, all.clone(), bs, false);
             let opt = JacobianOperator::new(&p, all.clone(), bs, true);
             assert_eq!((op.nrows(), op.ncols()), (rows, d));
@@ -124,10 +96,8 @@ fn jacobian_and_transpose_match() {
             let want = matmul_block(&jref, rows, d, &v, k);
             assert!(rel(&op.jvp_block(&v, k), &want) < TOL, "{name}: J v");
             let u: Vec<f64> = (0..k * rows).map(|_| rng.normal()).collect();
-            let jt: Vec<f64> = (0..d)
-                .flat_map(|i| (0..rows).map(move |q| (i, q)))
-                .map(|(i, q)| jref[q * d + i])
-                .collect();
+            let jt: Vec<f64> =
+                (0..d).flat_map(|i| (0..rows).map(move |q| (i, q))).map(|(i, q)| jref[q * d + i]).collect();
             let want_t = matmul_block(&jt, d, rows, &u, k);
             assert!(rel(&opt.vjp_block(&u, k), &want_t) < TOL, "{name}: J^T u");
             // dense of the transpose operator
@@ -145,11 +115,7 @@ fn per_sample_gradients_match() {
         let (_, want) = r.array("per_sample_loss_grads");
         for bs in batch_sizes(&r) {
             let got = per_sample_grads(&p, &all, bs);
-            assert!(
-                rel(&got, &want) < TOL,
-                "{name} bs={bs}: {}",
-                rel(&got, &want)
-            );
+            assert!(rel(&got, &want) < TOL, "{name} bs={bs}: {}", rel(&got, &want));
         }
     }
 }
@@ -160,56 +126,32 @@ fn last_layer_subset_is_the_sub_block() {
         let (p, r) = Reference::load(name);
         let layout = &p.net.layout;
         let last = layout.entries.last().unwrap().layer;
-        let names: Vec<String> = layout
-            .entries
-            .iter()
-            .filter(|e| e.layer == last)
-            .map(|e| e.name.clone())
-            .collect();
+        let names: Vec<String> = layout.entries.iter().filter(|e| e.layer == last).map(|e| e.name.clone()).collect();
         let sub = ActiveSet::from_names(layout, &names).unwrap();
-        let idx: Vec<usize> = layout
-            .entries
-            .iter()
-            .filter(|e| e.layer == last)
-            .flat_map(|e| e.offset..e.offset + e.len)
-            .collect();
+        let idx: Vec<usize> =
+            layout.entries.iter().filter(|e| e.layer == last).flat_map(|e| e.offset..e.offset + e.len).collect();
         let d = layout.total;
-        for (kind, key) in [
-            (Curvature::Hessian, "hessian"),
-            (Curvature::Ggn, "ggn"),
-            (Curvature::Ef, "ef"),
-        ] {
+        for (kind, key) in [(Curvature::Hessian, "hessian"), (Curvature::Ggn, "ggn"), (Curvature::Ef, "ef")] {
             let (_, m) = r.array(key);
             let want = sub_block(&m, d, &idx, &idx);
             for bs in batch_sizes(&r) {
                 let op = CurvatureOperator::new(&p, kind, sub.clone(), bs);
                 let got = dense_curvature(&op, &|_, _| {});
-                assert!(
-                    rel(&got, &want) < TOL,
-                    "{name} {key} last layer bs={bs}: {}",
-                    rel(&got, &want)
-                );
+                assert!(rel(&got, &want) < TOL, "{name} {key} last layer bs={bs}: {}", rel(&got, &want));
             }
         }
         let (_, jref) = r.array("jacobian");
         let rows = jref.len() / d;
         let want = sub_block(&jref, d, &(0..rows).collect::<Vec<_>>(), &idx);
-        assert!(
-            rel(&dense_jacobian(&p, &sub, 0), &want) < TOL,
-            "{name}: jacobian last layer"
-        );
+        assert!(rel(&dense_jacobian(&p, &sub, 0), &want) < TOL, "{name}: jacobian last layer");
         // a single weight tensor in the first layer (exercises the skipped layers below it)
         let first = &layout.entries[0];
-        let one = ActiveSet::from_names(layout, &[first.name.clone()]).unwrap();
+        let one = ActiveSet::from_names(layout, std::slice::from_ref(&first.name)).unwrap();
         let idx1: Vec<usize> = (first.offset..first.offset + first.len).collect();
         let (_, h) = r.array("hessian");
         let op = CurvatureOperator::new(&p, Curvature::Hessian, one, r.batch_size());
         let got = dense_curvature(&op, &|_, _| {});
-        assert!(
-            rel(&got, &sub_block(&h, d, &idx1, &idx1)) < TOL,
-            "{name}: hessian block of {}",
-            first.name
-        );
+        assert!(rel(&got, &sub_block(&h, d, &idx1, &idx1)) < TOL, "{name}: hessian block of {}", first.name);
     }
 }
 
@@ -219,12 +161,8 @@ fn bias_only_subsets_match() {
     for name in PROBLEMS {
         let (p, r) = Reference::load(name);
         let layout = &p.net.layout;
-        let names: Vec<String> = layout
-            .entries
-            .iter()
-            .filter(|e| e.name.ends_with("bias"))
-            .map(|e| e.name.clone())
-            .collect();
+        let names: Vec<String> =
+            layout.entries.iter().filter(|e| e.name.ends_with("bias")).map(|e| e.name.clone()).collect();
         let idx: Vec<usize> = layout
             .entries
             .iter()
@@ -237,16 +175,10 @@ fn bias_only_subsets_match() {
             let (_, m) = r.array(key);
             let want = sub_block(&m, d, &idx, &idx);
             let op = CurvatureOperator::new(&p, kind, sub.clone(), r.batch_size());
-            let v: Vec<f64> = (0..idx.len() * 2)
-                .map(|i| (i as f64 * 0.37).sin())
-                .collect();
+            let v: Vec<f64> = (0..idx.len() * 2).map(|i| (i as f64 * 0.37).sin()).collect();
             let got = op.apply_block(&v, 2);
             let want_v = matmul_block(&want, idx.len(), idx.len(), &v, 2);
-            assert!(
-                rel(&got, &want_v) < TOL,
-                "{name} {key} biases: {}",
-                rel(&got, &want_v)
-            );
+            assert!(rel(&got, &want_v) < TOL, "{name} {key} biases: {}", rel(&got, &want_v));
         }
     }
 }
@@ -258,8 +190,7 @@ fn cached_operator_equals_cold_operator() {
     let v: Vec<f64> = (0..all.dim * 2).map(|i| (i as f64 * 0.11).cos()).collect();
     for kind in [Curvature::Hessian, Curvature::Ggn, Curvature::Ef] {
         let cold = CurvatureOperator::new(&p, kind, all.clone(), r.batch_size());
-        let warm =
-            CurvatureOperator::new(&p, kind, all.clone(), r.batch_size()).with_cache(1 << 30);
+        let warm = CurvatureOperator::new(&p, kind, all.clone(), r.batch_size()).with_cache(1 << 30);
         let a = cold.apply_block(&v, 2);
         let b1 = warm.apply_block(&v, 2);
         assert_eq!(warm.cache().batches_held(), 2, "both batches cached");

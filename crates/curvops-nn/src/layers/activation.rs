@@ -12,7 +12,8 @@
 //! | gelu `xΦ(x)` | `Φ(x) + xφ(x)` | `φ(x)(2 − x²)` |
 //! | silu `x s(x)` | `s(1 + x(1 − s))` | `s(1 − s)(2 + x(1 − 2s))` |
 
-use super::{mul_broadcast_k, Aux, Ctx, Layer, ParamIn, ParamOut};
+use super::{Aux, Ctx, Layer, ParamIn, ParamOut};
+use curvops_tensor::simd::with_simd;
 use curvops_tensor::Float;
 
 /// Which activation.
@@ -150,6 +151,54 @@ pub struct Activation {
     shape: Vec<usize>,
 }
 
+/// `out[n, k, i] = f(x[n, i], y[n, i]) · v[n, k, i]`, monomorphized per `f` so it vectorizes.
+#[inline(always)]
+fn scaled<T: Float>(x: &[T], y: &[T], v: &[T], k: usize, s: usize, f: impl Fn(T, T) -> T) -> Vec<T> {
+    with_simd(|| scaled_kernel(x, y, v, k, s, f))
+}
+
+#[inline(always)]
+fn scaled_kernel<T: Float>(x: &[T], y: &[T], v: &[T], k: usize, s: usize, f: impl Fn(T, T) -> T) -> Vec<T> {
+    let mut out = Vec::with_capacity(v.len());
+    for (xs, ys) in x.chunks_exact(s).zip(y.chunks_exact(s)) {
+        for _ in 0..k {
+            let o = out.len();
+            let vs = &v[o..o + s];
+            out.extend(xs.iter().zip(ys).zip(vs).map(|((&a, &b), &c)| f(a, b) * c));
+        }
+    }
+    out
+}
+
+/// `out[n, k, i] += f(x[n, i], y[n, i]) · g[n, i] · r[n, k, i]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn add_scaled2<T: Float>(x: &[T], y: &[T], g: &[T], r: &[T], k: usize, s: usize, out: &mut [T], f: impl Fn(T, T) -> T) {
+    with_simd(|| add_scaled2_kernel(x, y, g, r, k, s, out, f))
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn add_scaled2_kernel<T: Float>(
+    x: &[T],
+    y: &[T],
+    g: &[T],
+    r: &[T],
+    k: usize,
+    s: usize,
+    out: &mut [T],
+    f: impl Fn(T, T) -> T,
+) {
+    for (row, ((xs, ys), gs)) in x.chunks_exact(s).zip(y.chunks_exact(s)).zip(g.chunks_exact(s)).enumerate() {
+        for kk in 0..k {
+            let o = (row * k + kk) * s;
+            for ((((d, &rv), &a), &b), &gv) in out[o..o + s].iter_mut().zip(&r[o..o + s]).zip(xs).zip(ys).zip(gs) {
+                *d += f(a, b) * gv * rv;
+            }
+        }
+    }
+}
+
 impl Activation {
     /// Activation `kind` on per-sample shape `shape`.
     pub fn new(kind: ActivationKind, shape: Vec<usize>) -> Self {
@@ -159,14 +208,32 @@ impl Activation {
     pub fn activation(&self) -> ActivationKind {
         self.kind
     }
-    fn d1_all<T: Float>(&self, c: &Ctx<T>) -> Vec<T> {
-        c.x.iter().zip(c.y).map(|(&x, &y)| self.kind.d1(x, y)).collect()
+    fn size(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// `σ'(x) ⊙ v` for `K` stacked `v`.
+    fn mul_d1<T: Float>(&self, c: &Ctx<T>, v: &[T], k: usize) -> Vec<T> {
+        let s = self.size();
+        let (x, y) = (c.x, c.y);
+        match self.kind {
+            ActivationKind::Relu => scaled(x, y, v, k, s, |a, _| if a > T::zero() { T::one() } else { T::zero() }),
+            ActivationKind::LeakyRelu(sl) => {
+                let sl = T::of(sl);
+                scaled(x, y, v, k, s, |a, _| if a > T::zero() { T::one() } else { sl })
+            }
+            ActivationKind::Tanh => scaled(x, y, v, k, s, |_, b| T::one() - b * b),
+            ActivationKind::Sigmoid => scaled(x, y, v, k, s, |_, b| b * (T::one() - b)),
+            kind @ (ActivationKind::Gelu | ActivationKind::Silu) => scaled(x, y, v, k, s, |a, b| kind.d1(a, b)),
+        }
     }
 }
 
 impl<T: Float> Layer<T> for Activation {
     fn kind(&self) -> &'static str {
         self.kind.name()
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
     fn in_shape(&self) -> &[usize] {
         &self.shape
@@ -175,15 +242,33 @@ impl<T: Float> Layer<T> for Activation {
         &self.shape
     }
     fn forward(&self, _p: &[T], x: &[T], _n: usize) -> (Vec<T>, Aux<T>) {
-        (x.iter().map(|&v| self.kind.value(v)).collect(), Aux::None)
+        let y: Vec<T> = match self.kind {
+            ActivationKind::Relu => {
+                with_simd(|| x.iter().map(|&v| if v > T::zero() { v } else { T::zero() }).collect())
+            }
+            ActivationKind::LeakyRelu(a) => {
+                let a = T::of(a);
+                with_simd(|| x.iter().map(|&v| if v > T::zero() { v } else { a * v }).collect())
+            }
+            ActivationKind::Tanh => {
+                let mut y = vec![T::zero(); x.len()];
+                curvops_tensor::vmath::tanh(x, &mut y);
+                y
+            }
+            ActivationKind::Sigmoid => {
+                let mut y = vec![T::zero(); x.len()];
+                curvops_tensor::vmath::sigmoid(x, &mut y);
+                y
+            }
+            kind => x.iter().map(|&v| kind.value(v)).collect(),
+        };
+        (y, Aux::None)
     }
     fn jvp_input(&self, c: &Ctx<T>, dx: &[T], k: usize) -> Vec<T> {
-        let s = <Self as Layer<T>>::in_size(self);
-        mul_broadcast_k(&self.d1_all(c), dx, c.n, k, s)
+        self.mul_d1(c, dx, k)
     }
     fn vjp_input(&self, c: &Ctx<T>, g: &[T], k: usize) -> Vec<T> {
-        let s = <Self as Layer<T>>::in_size(self);
-        mul_broadcast_k(&self.d1_all(c), g, c.n, k, s)
+        self.mul_d1(c, g, k)
     }
     fn hvp_backward(
         &self,
@@ -199,20 +284,18 @@ impl<T: Float> Layer<T> for Activation {
         if !want_input {
             return None;
         }
-        let s = <Self as Layer<T>>::in_size(self);
-        let mut out = mul_broadcast_k(&self.d1_all(c), rg, c.n, k, s);
+        let s = self.size();
+        let mut out = self.mul_d1(c, rg, k);
         if let (Some(rx), false) = (rx, self.kind.is_piecewise_linear()) {
-            // σ''(x) ⊙ g, broadcast over the K tangents of R(x)
-            let d2g: Vec<T> = c
-                .x
-                .iter()
-                .zip(c.y)
-                .zip(g)
-                .map(|((&x, &y), &gv)| self.kind.d2(x, y) * gv)
-                .collect();
-            let extra = mul_broadcast_k(&d2g, rx, c.n, k, s);
-            for (o, e) in out.iter_mut().zip(&extra) {
-                *o += *e;
+            let two = T::of(2.0);
+            match self.kind {
+                ActivationKind::Tanh => {
+                    add_scaled2(c.x, c.y, g, rx, k, s, &mut out, |_, b| -two * b * (T::one() - b * b))
+                }
+                ActivationKind::Sigmoid => {
+                    add_scaled2(c.x, c.y, g, rx, k, s, &mut out, |_, b| b * (T::one() - b) * (T::one() - two * b))
+                }
+                kind => add_scaled2(c.x, c.y, g, rx, k, s, &mut out, |a, b| kind.d2(a, b)),
             }
         }
         Some(out)

@@ -102,6 +102,9 @@ impl<T: Float> Layer<T> for BatchNorm {
     fn kind(&self) -> &'static str {
         self.kind
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn in_shape(&self) -> &[usize] {
         &self.shape
     }

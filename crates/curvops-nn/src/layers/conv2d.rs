@@ -30,7 +30,7 @@ pub struct Conv2d {
 impl Conv2d {
     /// A convolution on inputs `[C, H, W]` (`geom` carries kernel, stride, padding, dilation).
     pub fn new(geom: Geom2d, out_c: usize, groups: usize, bias: bool) -> Result<Self, String> {
-        if groups == 0 || geom.c % groups != 0 || out_c % groups != 0 {
+        if groups == 0 || !geom.c.is_multiple_of(groups) || !out_c.is_multiple_of(groups) {
             return Err(format!(
                 "in_channels {} and out_channels {} must be divisible by groups {}",
                 geom.c, out_c, groups
@@ -174,6 +174,9 @@ impl<T: Float> Layer<T> for Conv2d {
     fn kind(&self) -> &'static str {
         "conv2d"
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn in_shape(&self) -> &[usize] {
         &self.in_shape
     }
@@ -235,7 +238,13 @@ impl<T: Float> Layer<T> for Conv2d {
         let cols = self.cols_of(c);
         if let Some(dw) = dp[0] {
             for s in 0..c.n {
-                self.weight_times_cols(dw, k, &cols[s * cs..(s + 1) * cs], &mut dy[s * k * os..(s + 1) * k * os], T::one());
+                self.weight_times_cols(
+                    dw,
+                    k,
+                    &cols[s * cs..(s + 1) * cs],
+                    &mut dy[s * k * os..(s + 1) * k * os],
+                    T::one(),
+                );
             }
         }
         if self.bias {

@@ -38,6 +38,9 @@ impl<T: Float> Layer<T> for Linear {
     fn kind(&self) -> &'static str {
         "linear"
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn in_shape(&self) -> &[usize] {
         &self.in_shape
     }

@@ -100,6 +100,9 @@ pub type ParamOut<'a, 'b, T> = [Option<&'a mut [T]>];
 pub trait Layer<T: Float>: Send + Sync + std::fmt::Debug {
     /// The layer type as in `model.json`, e.g. `"conv2d"`.
     fn kind(&self) -> &'static str;
+    /// The concrete layer, for rules that need its configuration (e.g. KFAC needs a
+    /// convolution's geometry): `layer.as_any().downcast_ref::<Conv2d>()`.
+    fn as_any(&self) -> &dyn std::any::Any;
     /// Per-sample input shape.
     fn in_shape(&self) -> &[usize];
     /// Per-sample output shape.

@@ -24,11 +24,7 @@ impl MaxPool2d {
         if geom.ph > geom.kh / 2 || geom.pw > geom.kw / 2 {
             return Err("padding must be at most half of kernel_size".into());
         }
-        Ok(Self {
-            in_shape: vec![geom.c, geom.h, geom.w],
-            out_shape: vec![geom.c, geom.oh, geom.ow],
-            geom,
-        })
+        Ok(Self { in_shape: vec![geom.c, geom.h, geom.w], out_shape: vec![geom.c, geom.oh, geom.ow], geom })
     }
     /// The window geometry.
     pub fn geom(&self) -> &Geom2d {
@@ -76,6 +72,9 @@ impl<T: Float> Layer<T> for MaxPool2d {
     fn kind(&self) -> &'static str {
         "maxpool2d"
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn in_shape(&self) -> &[usize] {
         &self.in_shape
     }
@@ -85,29 +84,41 @@ impl<T: Float> Layer<T> for MaxPool2d {
     fn forward(&self, _p: &[T], x: &[T], n: usize) -> (Vec<T>, Aux<T>) {
         let g = &self.geom;
         let (is, os, hw) = (g.in_len(), g.c * g.out_len(), g.h * g.w);
-        let mut y = vec![T::zero(); n * os];
-        let mut idx = vec![0u32; n * os];
-        for s in 0..n {
-            let xs = &x[s * is..(s + 1) * is];
+        let mut y = Vec::with_capacity(n * os);
+        let mut idx = Vec::with_capacity(n * os);
+        let (h, w) = (g.h as isize, g.w as isize);
+        for xs in x.chunks_exact(is).take(n) {
             for c in 0..g.c {
+                let xc = &xs[c * hw..(c + 1) * hw];
                 for oy in 0..g.oh {
+                    let y0 = (oy * g.sh) as isize - g.ph as isize;
                     for ox in 0..g.ow {
-                        let mut best: Option<(T, usize)> = None;
+                        let x0 = (ox * g.sw) as isize - g.pw as isize;
+                        // first maximal element in row-major window order (strict >)
+                        let mut best = T::neg_infinity();
+                        let mut arg = usize::MAX;
                         for i in 0..g.kh {
-                            let Some(yy) = g.in_row(oy, i) else { continue };
+                            let yy = y0 + (i * g.dh) as isize;
+                            if yy < 0 || yy >= h {
+                                continue;
+                            }
+                            let row = yy as usize * g.w;
                             for j in 0..g.kw {
-                                let Some(xx) = g.in_col(ox, j) else { continue };
-                                let a = c * hw + yy * g.w + xx;
-                                let v = xs[a];
-                                if best.is_none_or(|(b, _)| v > b || (v.is_nan() && !b.is_nan())) {
-                                    best = Some((v, a));
+                                let xx = x0 + (j * g.dw) as isize;
+                                if xx < 0 || xx >= w {
+                                    continue;
+                                }
+                                let a = row + xx as usize;
+                                let v = xc[a];
+                                if arg == usize::MAX || v > best || (v.is_nan() && !best.is_nan()) {
+                                    best = v;
+                                    arg = a;
                                 }
                             }
                         }
-                        let (v, a) = best.expect("maxpool2d: empty window");
-                        let o = s * os + (c * g.oh + oy) * g.ow + ox;
-                        y[o] = v;
-                        idx[o] = a as u32;
+                        debug_assert!(arg != usize::MAX, "maxpool2d: empty window");
+                        y.push(best);
+                        idx.push((c * hw + arg) as u32);
                     }
                 }
             }
@@ -149,11 +160,7 @@ impl AvgPool2d {
         if geom.ph > geom.kh / 2 || geom.pw > geom.kw / 2 {
             return Err("padding must be at most half of kernel_size".into());
         }
-        Ok(Self {
-            in_shape: vec![geom.c, geom.h, geom.w],
-            out_shape: vec![geom.c, geom.oh, geom.ow],
-            geom,
-        })
+        Ok(Self { in_shape: vec![geom.c, geom.h, geom.w], out_shape: vec![geom.c, geom.oh, geom.ow], geom })
     }
     /// `y = A x` on `m` images.
     fn apply<T: Float>(&self, x: &[T], m: usize) -> Vec<T> {
@@ -213,6 +220,9 @@ impl AvgPool2d {
 impl<T: Float> Layer<T> for AvgPool2d {
     fn kind(&self) -> &'static str {
         "avgpool2d"
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
     fn in_shape(&self) -> &[usize] {
         &self.in_shape

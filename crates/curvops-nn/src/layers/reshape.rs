@@ -28,6 +28,9 @@ impl<T: Float> Layer<T> for Identity {
     fn kind(&self) -> &'static str {
         self.kind
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn in_shape(&self) -> &[usize] {
         &self.in_shape
     }

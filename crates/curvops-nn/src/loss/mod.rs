@@ -107,7 +107,15 @@ impl Loss {
     /// cross-entropy `Categorical(softmax f)`, BCE `Bernoulli(σ(f_c))` per output.
     /// For each, `E[g gᵀ]` equals the loss Hessian (for cross-entropy with hard labels or
     /// probabilities summing to one).
-    pub fn sampled_grads<T: Float>(&self, f: &[T], n: usize, c: usize, seed: u64, start: usize, m_draws: usize) -> Vec<T> {
+    pub fn sampled_grads<T: Float>(
+        &self,
+        f: &[T],
+        n: usize,
+        c: usize,
+        seed: u64,
+        start: usize,
+        m_draws: usize,
+    ) -> Vec<T> {
         match self.kind {
             LossKind::Mse => mse::sampled_grads(n, c, seed, start, m_draws),
             LossKind::CrossEntropy => cross_entropy::sampled_grads(f, n, c, seed, start, m_draws),

@@ -1,0 +1,157 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Curvature of neural networks as matrix-free linear operators.
+#[derive(Parser, Debug)]
+#[command(name = "curvops", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The problem and how to compute on it (SPEC.md §5 common flags).
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// A problem directory holding model.json, weights.safetensors, data.safetensors.
+    #[arg(long)]
+    pub problem: Option<PathBuf>,
+    /// model.json (layers and loss).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Weights (safetensors, PyTorch state-dict keys).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Data (safetensors with "x" and "y").
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Mini-batch size for accumulation (default: all data in one batch).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Compute dtype (default: the weights' dtype).
+    #[arg(long, value_enum)]
+    pub dtype: Option<Dtype>,
+    /// Restrict to these parameters (state-dict names, comma separated; a layer index selects
+    /// all its parameters).
+    #[arg(long, value_delimiter = ',')]
+    pub params: Option<Vec<String>>,
+    /// Threads (default 1).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object per command (per line for bench).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F64,
+}
+
+/// A curvature operator (`CURV`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Curv {
+    Hessian,
+    Ggn,
+    Ef,
+    FisherMc,
+    Jacobian,
+    JacobianT,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quantity {
+    /// ∇ℓ_n per sample [N, D].
+    Grad,
+    /// c ∇ℓ_n (BackPACK BatchGrad) [N, D].
+    BatchGrad,
+    /// ‖c ∇ℓ_n‖² per parameter tensor (BackPACK BatchL2Grad) [N, P].
+    L2,
+    /// Σ_n (c ∇ℓ_n)² (BackPACK SumGradSquared) [D].
+    SumGradSquared,
+    /// 1/N Σ_n (c∇ℓ_n)² − (∇L/N)² (BackPACK Variance) [D].
+    Variance,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Sizes and parameter order of a problem.
+    Info {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Loss and gradient over the data set.
+    LossGrad {
+        #[command(flatten)]
+        common: Common,
+        /// Gradient output (.npy, [D]).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The dense matrix of a curvature operator.
+    Dense {
+        curv: Curv,
+        #[command(flatten)]
+        common: Common,
+        /// Monte-Carlo samples per data point (fisher-mc).
+        #[arg(long, default_value_t = 1)]
+        mc_samples: usize,
+        /// Output (.npy).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Apply a curvature operator to vectors.
+    Matvec {
+        curv: Curv,
+        #[command(flatten)]
+        common: Common,
+        /// Input vectors (.npy, [D] or [D, K]).
+        #[arg(long)]
+        vectors: PathBuf,
+        /// Monte-Carlo samples per data point (fisher-mc).
+        #[arg(long, default_value_t = 1)]
+        mc_samples: usize,
+        /// Output (.npy, same layout as the input).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Per-sample gradients and BackPACK's first-order statistics.
+    PerSample {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_enum, default_value = "grad")]
+        quantity: Quantity,
+        /// Output (.npy).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The main job on a built-in default: a small network on built-in data.
+    Demo {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Benchmark gradient, GGN-vp, HVP and GGN blocks on problem directories.
+    Bench {
+        /// A problem directory, or a directory of problem directories.
+        dir: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// Timed repetitions per operation (median reported).
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+        /// Dtypes to run (default both).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        dtypes: Option<Vec<Dtype>>,
+        /// Thread counts to run (default 1,2).
+        #[arg(long, value_delimiter = ',')]
+        thread_counts: Option<Vec<usize>>,
+        /// Only these operations (default all), e.g. gradient,ggn_vp.
+        #[arg(long, value_delimiter = ',')]
+        ops: Option<Vec<String>>,
+    },
+}

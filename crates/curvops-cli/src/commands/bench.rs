@@ -1,0 +1,197 @@
+//! `curvops bench DIR`: median times of gradient, GGN-vp, HVP and a GGN block of 16 vectors on
+//! benchmark problems, as milliseconds and as ratios to our gradient, for each dtype and thread
+//! count, with the peak resident memory of each operation.
+//!
+//! `ggn_vp`, `hvp` and `ggn_block16` are cold (a fresh operator: forward pass included, as the
+//! JAX peer measures them); the `*_cached` variants reuse the forward pass and loss factors
+//! kept from an earlier application.
+
+use crate::args::{Common, Dtype};
+use crate::common::{CliResult, Progress};
+use curvops::gradient::loss_and_grad;
+use curvops::{ActiveSet, Curvature, CurvatureOperator, Problem};
+use curvops_nn::io::load_problem;
+use curvops_tensor::rng::Rng;
+use curvops_tensor::Float;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The problem directories under `dir` (itself if it holds a model.json).
+fn problems(dir: &Path) -> CliResult<Vec<PathBuf>> {
+    if dir.join("model.json").exists() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut v: Vec<PathBuf> =
+        rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("model.json").exists()).collect();
+    v.sort();
+    if v.is_empty() {
+        return Err(format!("{}: no problem directories (with model.json) found", dir.display()));
+    }
+    Ok(v)
+}
+
+/// Resets the process's peak-RSS counter (Linux); false if unsupported.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Peak resident set size in MiB since the last reset (Linux `VmHWM`).
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Median wall time in ms of `f` over `reps` runs after two warm-up runs.
+fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    f();
+    let mut ts: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let m = ts.len();
+    if m % 2 == 1 {
+        ts[m / 2]
+    } else {
+        0.5 * (ts[m / 2 - 1] + ts[m / 2])
+    }
+}
+
+pub fn run(
+    dir: &Path,
+    c: &Common,
+    reps: usize,
+    dtypes: Option<Vec<Dtype>>,
+    threads: Option<Vec<usize>>,
+    only: Option<Vec<String>>,
+) -> CliResult<()> {
+    let dtypes = dtypes.unwrap_or_else(|| vec![Dtype::F32, Dtype::F64]);
+    let threads = threads.unwrap_or_else(|| vec![1, 2]);
+    if threads.contains(&0) {
+        return Err("--thread-counts must be positive".into());
+    }
+    if !c.json {
+        println!(
+            "{:<8} {:<20} {:>5} {:>3} {:>11} {:>9} {:>9}",
+            "problem", "op", "dtype", "thr", "ms", "ratio", "peak MiB"
+        );
+    }
+    for prob in problems(dir)? {
+        for &dt in &dtypes {
+            for &t in &threads {
+                curvops_tensor::threads::set_threads(t);
+                match dt {
+                    Dtype::F32 => bench_one::<f32>(&prob, reps, t, c.json, only.as_deref())?,
+                    Dtype::F64 => bench_one::<f64>(&prob, reps, t, c.json, only.as_deref())?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bench_one<T: Float>(dir: &Path, reps: usize, threads: usize, json: bool, only: Option<&[String]>) -> CliResult<()> {
+    let p: Problem<T> =
+        load_problem(&dir.join("model.json"), &dir.join("weights.safetensors"), &dir.join("data.safetensors"))
+            .map_err(|e| e.to_string())?;
+    let name = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let all = ActiveSet::all(&p.net.layout);
+    let d = all.dim;
+    let mut rng = Rng::new(0);
+    let v1: Vec<T> = (0..d).map(|_| T::of(rng.normal())).collect();
+    let v16: Vec<T> = (0..16 * d).map(|_| T::of(rng.normal())).collect();
+    let cached_ggn = CurvatureOperator::new(&p, Curvature::Ggn, all.clone(), 0).with_cache(usize::MAX);
+    let cached_hess = CurvatureOperator::new(&p, Curvature::Hessian, all.clone(), 0).with_cache(usize::MAX);
+    type Op<'a> = Box<dyn FnMut() + 'a>;
+    let ops: Vec<(&str, Op)> = vec![
+        (
+            "gradient",
+            Box::new(|| {
+                std::hint::black_box(loss_and_grad(&p, &all, 0));
+            }),
+        ),
+        (
+            "ggn_vp",
+            Box::new(|| {
+                let op = CurvatureOperator::new(&p, Curvature::Ggn, all.clone(), 0);
+                std::hint::black_box(op.apply_block(&v1, 1));
+            }),
+        ),
+        (
+            "hvp",
+            Box::new(|| {
+                let op = CurvatureOperator::new(&p, Curvature::Hessian, all.clone(), 0);
+                std::hint::black_box(op.apply_block(&v1, 1));
+            }),
+        ),
+        (
+            "ggn_block16",
+            Box::new(|| {
+                let op = CurvatureOperator::new(&p, Curvature::Ggn, all.clone(), 0);
+                std::hint::black_box(op.apply_block(&v16, 16));
+            }),
+        ),
+        (
+            "ggn_vp_cached",
+            Box::new(|| {
+                std::hint::black_box(cached_ggn.apply_block(&v1, 1));
+            }),
+        ),
+        (
+            "hvp_cached",
+            Box::new(|| {
+                std::hint::black_box(cached_hess.apply_block(&v1, 1));
+            }),
+        ),
+        (
+            "ggn_block16_cached",
+            Box::new(|| {
+                std::hint::black_box(cached_ggn.apply_block(&v16, 16));
+            }),
+        ),
+    ];
+    let bar = Progress::new(ops.len(), &format!("bench {name} {} t={threads}", T::DTYPE));
+    let mut grad_ms = f64::NAN;
+    let n_ops = ops.len();
+    for (i, (op, mut f)) in ops.into_iter().enumerate() {
+        if op != "gradient" && only.is_some_and(|o| !o.iter().any(|x| x == op)) {
+            continue;
+        }
+        let reset = reset_peak_rss();
+        let ms = median_ms(reps, &mut f);
+        let rss = if reset { peak_rss_mb() } else { None };
+        if op == "gradient" {
+            grad_ms = ms;
+        }
+        let ratio = ms / grad_ms;
+        if json {
+            println!(
+                "{}",
+                json!({"problem": name, "op": op, "ms": (ms * 1e4).round() / 1e4, "ratio_to_gradient": (ratio * 1e3).round() / 1e3,
+                       "peak_rss_mb": rss.map(|r| (r * 10.0).round() / 10.0), "dtype": T::DTYPE, "threads": threads,
+                       "D": d, "N": p.data.n, "reps": reps})
+            );
+        } else {
+            println!(
+                "{:<8} {:<20} {:>5} {:>3} {:>11.4} {:>9.3} {:>9}",
+                name,
+                op,
+                T::DTYPE,
+                threads,
+                ms,
+                ratio,
+                rss.map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into())
+            );
+        }
+        bar.set(i + 1, n_ops);
+    }
+    Ok(())
+}
