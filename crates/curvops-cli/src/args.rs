@@ -45,6 +45,59 @@ pub struct Common {
     /// Print one JSON object per command (per line for bench).
     #[arg(long)]
     pub json: bool,
+    /// Monte-Carlo samples per data point (fisher-mc, KFAC with --fisher mc, MC diagonals).
+    #[arg(long, default_value_t = 1)]
+    pub mc_samples: usize,
+    /// KFAC/EKFAC: which backpropagated vectors form the gradient factor.
+    #[arg(long, value_enum, default_value = "type-2")]
+    pub fisher: FisherType,
+    /// KFAC/EKFAC: weight sharing in conv2d (Eschenhagen et al. 2023).
+    #[arg(long, value_enum, default_value = "expand")]
+    pub kfac_approx: KfacApprox,
+    /// KFAC/EKFAC: treat weight and bias of a layer as one block.
+    #[arg(long)]
+    pub joint_bias: bool,
+    /// KFAC/EKFAC: load fitted factors from this file instead of a data pass.
+    #[arg(long)]
+    pub kfac_factors: Option<PathBuf>,
+    /// Restrict the operator to its block diagonal (per layer or per parameter tensor).
+    #[arg(long, value_enum)]
+    pub blocks: Option<Blocks>,
+    /// Memory budget (MiB) for forward passes kept across operator applications.
+    #[arg(long, default_value_t = 1024)]
+    pub cache_mb: usize,
+}
+
+/// KFAC's Fisher type.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FisherType {
+    /// Exact loss-Hessian factor columns.
+    #[value(name = "type-2")]
+    Type2,
+    /// Sampled labels (`--mc-samples`, `--seed`).
+    Mc,
+    /// Per-sample gradients.
+    Empirical,
+    /// Input factor only (gradient factor = identity).
+    ForwardOnly,
+}
+
+/// KFAC's treatment of weight sharing.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KfacApprox {
+    /// Spatial positions as extra data points.
+    Expand,
+    /// Sum over spatial positions first.
+    Reduce,
+}
+
+/// Block-diagonal restriction.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocks {
+    /// One block per layer (weight and bias together).
+    Layer,
+    /// One block per parameter tensor.
+    Param,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +115,8 @@ pub enum Curv {
     FisherMc,
     Jacobian,
     JacobianT,
+    Kfac,
+    Ekfac,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,9 +153,6 @@ pub enum Command {
         curv: Curv,
         #[command(flatten)]
         common: Common,
-        /// Monte-Carlo samples per data point (fisher-mc).
-        #[arg(long, default_value_t = 1)]
-        mc_samples: usize,
         /// Output (.npy).
         #[arg(long)]
         out: PathBuf,
@@ -113,9 +165,6 @@ pub enum Command {
         /// Input vectors (.npy, [D] or [D, K]).
         #[arg(long)]
         vectors: PathBuf,
-        /// Monte-Carlo samples per data point (fisher-mc).
-        #[arg(long, default_value_t = 1)]
-        mc_samples: usize,
         /// Output (.npy, same layout as the input).
         #[arg(long)]
         out: PathBuf,
@@ -130,6 +179,24 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Extreme eigenvalues (and eigenvectors) of a curvature operator.
+    Eigs(crate::commands::eigs::Args),
+    /// Trace (exact or estimated).
+    Trace(crate::commands::trace::Args),
+    /// Diagonal (exact or estimated).
+    Diag(crate::commands::diag::Args),
+    /// log det(CURV + λI).
+    Logdet(crate::commands::logdet::Args),
+    /// Spectral density by stochastic Lanczos quadrature (CSV + SVG).
+    Spectrum(crate::commands::spectrum::Args),
+    /// x = (CURV + λI)⁻¹ b.
+    Solve(crate::commands::solve::Args),
+    /// ViViT: the GGN's low-rank structure, eigenpairs and per-sample directional derivatives.
+    Vivit(crate::commands::vivit::Args),
+    /// Train the network (SGD or Adam) and write the weights.
+    Train(crate::commands::train::Args),
+    /// Laplace approximations: fit, predict, evaluate.
+    Laplace(crate::commands::laplace::Args),
     /// The main job on a built-in default: a small network on built-in data.
     Demo {
         #[command(flatten)]

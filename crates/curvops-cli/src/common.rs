@@ -116,3 +116,88 @@ impl Drop for Progress {
         }
     }
 }
+
+/// An operator wrapper that shows a progress spinner with the number of matrix-vector
+/// products (on standard error, only when it is a terminal).
+pub struct ProgressOp<'a, T: Float> {
+    op: &'a dyn curvops_linalg::LinearOperator<T>,
+    bar: Option<indicatif::ProgressBar>,
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl<'a, T: Float> ProgressOp<'a, T> {
+    /// Wraps `op`; `msg` labels the spinner.
+    pub fn new(op: &'a dyn curvops_linalg::LinearOperator<T>, msg: &str) -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg}: {pos} matvecs ({elapsed})")
+                    .expect("template"),
+            );
+            b.set_message(msg.to_string());
+            b
+        });
+        Self { op, bar, count: std::sync::atomic::AtomicUsize::new(0) }
+    }
+}
+
+impl<T: Float> Drop for ProgressOp<'_, T> {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl<T: Float> curvops_linalg::LinearOperator<T> for ProgressOp<'_, T> {
+    fn nrows(&self) -> usize {
+        self.op.nrows()
+    }
+    fn ncols(&self) -> usize {
+        self.op.ncols()
+    }
+    fn structure(&self) -> curvops_linalg::Structure {
+        self.op.structure()
+    }
+    fn describe(&self) -> String {
+        self.op.describe()
+    }
+    fn apply(&self, out: faer::MatMut<'_, T>, rhs: faer::MatRef<'_, T>) {
+        let n = self.count.fetch_add(rhs.ncols(), std::sync::atomic::Ordering::Relaxed) + rhs.ncols();
+        if let Some(b) = &self.bar {
+            b.set_position(n as u64);
+        }
+        self.op.apply(out, rhs)
+    }
+    fn has_transpose(&self) -> bool {
+        self.op.has_transpose()
+    }
+    fn apply_transpose(
+        &self,
+        out: faer::MatMut<'_, T>,
+        rhs: faer::MatRef<'_, T>,
+    ) -> Result<(), curvops_linalg::LinalgError> {
+        self.op.apply_transpose(out, rhs)
+    }
+    fn trace(&self) -> Result<T, curvops_linalg::LinalgError> {
+        self.op.trace()
+    }
+    fn diagonal(&self) -> Result<Vec<T>, curvops_linalg::LinalgError> {
+        self.op.diagonal()
+    }
+    fn logdet_shifted(&self, s: T) -> Result<T, curvops_linalg::LinalgError> {
+        self.op.logdet_shifted(s)
+    }
+    fn solve_shifted(
+        &self,
+        s: T,
+        out: faer::MatMut<'_, T>,
+        rhs: faer::MatRef<'_, T>,
+    ) -> Result<(), curvops_linalg::LinalgError> {
+        self.op.solve_shifted(s, out, rhs)
+    }
+    fn eigh(&self) -> Result<curvops_linalg::Eigh<T>, curvops_linalg::LinalgError> {
+        self.op.eigh()
+    }
+}

@@ -4,7 +4,7 @@ use crate::args::{Common, Curv};
 use crate::common::{CliResult, Progress};
 use crate::obj;
 use crate::output::emit;
-use curvops::dense::{dense_curvature, dense_jacobian};
+use curvops::dense::{dense_curvature, dense_jacobian, dense_of};
 use curvops::{ActiveSet, CurvatureOperator, Problem};
 use curvops_nn::io::write_npy;
 use curvops_tensor::Float;
@@ -16,18 +16,18 @@ pub fn run<T: Float>(
     active: ActiveSet,
     bs: usize,
     curv: Curv,
-    mc_samples: usize,
     out: &Path,
 ) -> CliResult<()> {
     let d = active.dim;
     let rows = p.data.n * p.net.out_size();
-    let (shape, m) = match super::curvature_of(curv, mc_samples, c.seed)? {
-        Some(kind) => {
-            let op = CurvatureOperator::new(p, kind, active, bs).with_cache(1 << 30);
+    let (shape, m) = match (super::curvature_of(curv, c)?, c.blocks) {
+        (Some(kind), None) => {
+            // the cheap route: Gram matrices of factors, or blocks of unit vectors
+            let op = CurvatureOperator::new(p, kind, active, bs).with_cache(c.cache_mb << 20);
             let bar = Progress::new(1, &format!("dense {}", kind.name()));
             (vec![d, d], dense_curvature(&op, &|i, n| bar.set(i, n)))
         }
-        None => {
+        _ if matches!(curv, Curv::Jacobian | Curv::JacobianT) && c.blocks.is_none() => {
             let j = dense_jacobian(p, &active, bs);
             if curv == Curv::JacobianT {
                 let mut t = vec![T::zero(); j.len()];
@@ -40,6 +40,10 @@ pub fn run<T: Float>(
             } else {
                 (vec![rows, d], j)
             }
+        }
+        _ => {
+            let op = super::make_operator(curv, p, active, bs, c)?;
+            (vec![op.nrows(), op.ncols()], dense_of(op.as_ref()))
         }
     };
     write_npy(out, &shape, &m).map_err(|e| e.to_string())?;

@@ -17,11 +17,10 @@ pub fn run<T: Float>(
     active: ActiveSet,
     bs: usize,
     curv: Curv,
-    mc_samples: usize,
     vectors: &Path,
     out: &Path,
 ) -> CliResult<()> {
-    let op = super::make_operator(curv, p, active, bs, mc_samples, c.seed)?;
+    let op = super::make_operator(curv, p, active, bs, c)?;
     let (shape, v) = read_npy::<T>(vectors).map_err(|e| e.to_string())?;
     let n_in = op.ncols();
     let k = match shape[..] {

@@ -1,16 +1,27 @@
 //! The subcommands.
 
 mod bench;
-mod demo;
+pub mod demo;
 mod dense;
+pub mod diag;
+pub mod eigs;
 mod info;
+pub mod kfac;
+pub mod laplace;
+pub mod logdet;
 mod loss_grad;
 mod matvec;
 mod per_sample;
+pub mod solve;
+pub mod spectrum;
+pub mod trace;
+pub mod train;
+pub mod vivit;
 
-use crate::args::{Cli, Command, Common, Curv, Dtype};
+use crate::args::{Blocks, Cli, Command, Common, Curv, Dtype};
 use crate::common::{self, CliResult};
 use curvops::{ActiveSet, Curvature, CurvatureOperator, JacobianOperator, LinearOperator, Problem};
+use curvops_linalg::BlockRestrictOp;
 use curvops_tensor::Float;
 
 /// Runs a parsed command line.
@@ -23,6 +34,8 @@ pub fn run(cli: Cli) -> CliResult<()> {
             common::set_threads(&common)?;
             demo::run(&common)
         }
+        Command::Train(a) => with_dtype(&a.common, |c| train::run(&a, c)),
+        Command::Laplace(a) => laplace::run(&a),
         cmd => {
             let c = common_of(&cmd).clone();
             common::set_threads(&c)?;
@@ -43,7 +56,22 @@ fn common_of(cmd: &Command) -> &Common {
         | Command::PerSample { common, .. }
         | Command::Demo { common }
         | Command::Bench { common, .. } => common,
+        Command::Eigs(a) => &a.common,
+        Command::Trace(a) => &a.common,
+        Command::Diag(a) => &a.common,
+        Command::Logdet(a) => &a.common,
+        Command::Spectrum(a) => &a.common,
+        Command::Solve(a) => &a.common,
+        Command::Vivit(a) => &a.common,
+        Command::Train(a) => &a.common,
+        Command::Laplace(_) => unreachable!("laplace dispatches itself"),
     }
+}
+
+/// Sets threads and runs `f` after choosing the dtype (`--dtype`, else the weights').
+pub fn with_dtype(c: &Common, f: impl FnOnce(&Common) -> CliResult<()>) -> CliResult<()> {
+    common::set_threads(c)?;
+    f(c)
 }
 
 fn run_typed<T: Float>(cmd: Command, c: &Common) -> CliResult<()> {
@@ -53,42 +81,83 @@ fn run_typed<T: Float>(cmd: Command, c: &Common) -> CliResult<()> {
     match cmd {
         Command::Info { .. } => info::run(c, &p, &active),
         Command::LossGrad { out, .. } => loss_grad::run(c, &p, &active, bs, out.as_deref()),
-        Command::Dense { curv, mc_samples, out, .. } => dense::run(c, &p, active, bs, curv, mc_samples, &out),
-        Command::Matvec { curv, vectors, mc_samples, out, .. } => {
-            matvec::run(c, &p, active, bs, curv, mc_samples, &vectors, &out)
-        }
+        Command::Dense { curv, out, .. } => dense::run(c, &p, active, bs, curv, &out),
+        Command::Matvec { curv, vectors, out, .. } => matvec::run(c, &p, active, bs, curv, &vectors, &out),
         Command::PerSample { quantity, out, .. } => per_sample::run(c, &p, &active, bs, quantity, &out),
-        Command::Demo { .. } | Command::Bench { .. } => unreachable!("handled above"),
+        Command::Eigs(a) => eigs::run(&a, &p, active, bs),
+        Command::Trace(a) => trace::run(&a, &p, active, bs),
+        Command::Diag(a) => diag::run(&a, &p, active, bs),
+        Command::Logdet(a) => logdet::run(&a, &p, active, bs),
+        Command::Spectrum(a) => spectrum::run(&a, &p, active, bs),
+        Command::Solve(a) => solve::run(&a, &p, active, bs),
+        Command::Vivit(a) => vivit::run(&a, &p, active, bs),
+        Command::Demo { .. } | Command::Bench { .. } | Command::Train(_) | Command::Laplace(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
-/// The curvature kind of a `CURV` that is a square curvature matrix.
-pub fn curvature_of(curv: Curv, mc_samples: usize, seed: u64) -> CliResult<Option<Curvature>> {
+/// The curvature kind of a `CURV` that is a square curvature matrix computed by the engine.
+pub fn curvature_of(curv: Curv, c: &Common) -> CliResult<Option<Curvature>> {
     Ok(match curv {
         Curv::Hessian => Some(Curvature::Hessian),
         Curv::Ggn => Some(Curvature::Ggn),
         Curv::Ef => Some(Curvature::Ef),
         Curv::FisherMc => {
-            if mc_samples == 0 {
+            if c.mc_samples == 0 {
                 return Err("--mc-samples must be positive".into());
             }
-            Some(Curvature::FisherMc { samples: mc_samples, seed })
+            Some(Curvature::FisherMc { samples: c.mc_samples, seed: c.seed })
         }
-        Curv::Jacobian | Curv::JacobianT => None,
+        Curv::Jacobian | Curv::JacobianT | Curv::Kfac | Curv::Ekfac => None,
     })
 }
 
-/// The operator named by `CURV`.
+/// Sizes of the `--blocks` blocks of the active parameters (contiguous in the subset vector).
+pub fn block_sizes<T: Float>(p: &Problem<T>, active: &ActiveSet, blocks: Blocks) -> Vec<usize> {
+    let names = active.names(&p.net.layout);
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut last_layer = usize::MAX;
+    for (e, _) in names {
+        match blocks {
+            Blocks::Param => sizes.push(e.len),
+            Blocks::Layer => {
+                if e.layer == last_layer {
+                    *sizes.last_mut().expect("a previous block") += e.len;
+                } else {
+                    sizes.push(e.len);
+                    last_layer = e.layer;
+                }
+            }
+        }
+    }
+    sizes
+}
+
+/// The operator named by `CURV` (with `--blocks`, its block diagonal).
 pub fn make_operator<'a, T: Float>(
     curv: Curv,
     p: &'a Problem<T>,
     active: ActiveSet,
     bs: usize,
-    mc_samples: usize,
-    seed: u64,
+    c: &Common,
 ) -> CliResult<Box<dyn LinearOperator<T> + 'a>> {
-    Ok(match curvature_of(curv, mc_samples, seed)? {
-        Some(kind) => Box::new(CurvatureOperator::new(p, kind, active, bs)),
-        None => Box::new(JacobianOperator::new(p, active, bs, curv == Curv::JacobianT)),
+    let sizes = c.blocks.map(|b| block_sizes(p, &active, b));
+    let op: Box<dyn LinearOperator<T> + 'a> = match curv {
+        Curv::Kfac | Curv::Ekfac => return kfac::make_operator(curv, p, active, bs, c),
+        Curv::Jacobian | Curv::JacobianT => {
+            if c.blocks.is_some() {
+                return Err("--blocks applies to square curvature operators, not to the Jacobian".into());
+            }
+            Box::new(JacobianOperator::new(p, active, bs, curv == Curv::JacobianT))
+        }
+        _ => {
+            let kind = curvature_of(curv, c)?.expect("a curvature");
+            Box::new(CurvatureOperator::new(p, kind, active, bs).with_cache(c.cache_mb << 20))
+        }
+    };
+    Ok(match sizes {
+        Some(s) => Box::new(BlockRestrictOp::new(op, &s).map_err(|e| e.to_string())?),
+        None => op,
     })
 }
