@@ -65,7 +65,7 @@ pub fn run<T: Float>(a: &Args, p: &Problem<T>, active: ActiveSet, bs: usize) -> 
         let xl = if a.log { "log |λ|" } else { "λ" };
         // log scale down to 1e-7 of the peak: deeper valleys are numerical, not spectral
         let peak = dens.density.iter().copied().fold(0.0f64, f64::max).max(f64::MIN_POSITIVE);
-        let plot = LinePlot::new(&format!("Spectral density of {name} (SLQ, {} starts × {} steps)", a.starts, a.steps))
+        let plot = LinePlot::new(format!("Spectral density of {name} (SLQ, {} starts × {} steps)", a.starts, a.steps))
             .x_label(xl)
             .y_label("density")
             .log_y(true)
