@@ -468,7 +468,12 @@ impl<T: Float> Network<T> {
         out: &mut [T],
     ) {
         let (mut g, mut rg) = (g, rg);
-        for l in (active.first_layer.min(self.layers.len())..self.layers.len()).rev() {
+        let first = active.first_layer.min(self.layers.len());
+        // the lowest layer that reads the primal cotangent: below it, g is not propagated
+        let g_low = (first..self.layers.len())
+            .find(|&l| self.layers[l].hvp_needs_g(rx[l].is_some(), active.layer_active[l], l > first))
+            .unwrap_or(self.layers.len());
+        for l in (first..self.layers.len()).rev() {
             let layer = &self.layers[l];
             let c = self.ctx(l, theta, tape);
             let dp = if active.layer_active[l] {
@@ -488,7 +493,9 @@ impl<T: Float> Network<T> {
                 rgx = layer.hvp_backward(&c, rx[l].as_deref(), &dpr, &g, &rg, k, &mut none, want);
             }
             if want {
-                g = layer.vjp_input(&c, &g, 1);
+                if l > g_low {
+                    g = layer.vjp_input(&c, &g, 1);
+                }
                 rg = rgx.expect("hvp_backward returns R(g_x) when asked");
             }
         }

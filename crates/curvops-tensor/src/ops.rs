@@ -6,18 +6,24 @@ use crate::Float;
 #[inline]
 pub fn axpy<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
     debug_assert_eq!(x.len(), y.len());
-    crate::simd::with_simd(|| {
-        for (yi, xi) in y.iter_mut().zip(x) {
-            *yi += alpha * *xi;
-        }
-    })
+    crate::simd::with_simd(
+        #[inline(always)]
+        || {
+            for (yi, xi) in y.iter_mut().zip(x) {
+                *yi += alpha * *xi;
+            }
+        },
+    )
 }
 
 /// `⟨x, y⟩`.
 #[inline]
 pub fn dot<T: Float>(x: &[T], y: &[T]) -> T {
     debug_assert_eq!(x.len(), y.len());
-    crate::simd::with_simd(|| dot_kernel(x, y))
+    crate::simd::with_simd(
+        #[inline(always)]
+        || dot_kernel(x, y),
+    )
 }
 
 #[inline(always)]
@@ -40,11 +46,14 @@ fn dot_kernel<T: Float>(x: &[T], y: &[T]) -> T {
 /// `x ← α·x`.
 #[inline]
 pub fn scale<T: Float>(alpha: T, x: &mut [T]) {
-    crate::simd::with_simd(|| {
-        for xi in x {
-            *xi *= alpha;
-        }
-    })
+    crate::simd::with_simd(
+        #[inline(always)]
+        || {
+            for xi in x {
+                *xi *= alpha;
+            }
+        },
+    )
 }
 
 /// Euclidean norm, accumulated in f64.
@@ -67,13 +76,16 @@ pub fn swap01<T: Float>(x: &[T], a: usize, b: usize, c: usize) -> Vec<T> {
 /// Sums a row-major `[rows, cols]` array over its rows into `out` (`out += Σ_r x[r, :]`).
 pub fn sum_rows_into<T: Float>(x: &[T], rows: usize, cols: usize, alpha: T, out: &mut [T]) {
     debug_assert_eq!(x.len(), rows * cols);
-    crate::simd::with_simd(|| {
-        for row in x.chunks_exact(cols.max(1)).take(rows) {
-            for (o, v) in out.iter_mut().zip(row) {
-                *o += alpha * *v;
+    crate::simd::with_simd(
+        #[inline(always)]
+        || {
+            for row in x.chunks_exact(cols.max(1)).take(rows) {
+                for (o, v) in out.iter_mut().zip(row) {
+                    *o += alpha * *v;
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 #[cfg(test)]

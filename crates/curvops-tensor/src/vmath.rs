@@ -74,18 +74,24 @@ pub trait SliceMath: Sized {
 
 impl SliceMath for f32 {
     fn tanh_slice(x: &[f32], out: &mut [f32]) {
-        crate::simd::with_simd(|| {
-            for (o, &v) in out.iter_mut().zip(x) {
-                *o = tanh_f32(v);
-            }
-        })
+        crate::simd::with_simd(
+            #[inline(always)]
+            || {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = tanh_f32(v);
+                }
+            },
+        )
     }
     fn sigmoid_slice(x: &[f32], out: &mut [f32]) {
-        crate::simd::with_simd(|| {
-            for (o, &v) in out.iter_mut().zip(x) {
-                *o = 1.0 / (1.0 + exp_f32(-v));
-            }
-        })
+        crate::simd::with_simd(
+            #[inline(always)]
+            || {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = 1.0 / (1.0 + exp_f32(-v));
+                }
+            },
+        )
     }
 }
 

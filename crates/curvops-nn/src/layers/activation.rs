@@ -154,7 +154,10 @@ pub struct Activation {
 /// `out[n, k, i] = f(x[n, i], y[n, i]) · v[n, k, i]`, monomorphized per `f` so it vectorizes.
 #[inline(always)]
 fn scaled<T: Float>(x: &[T], y: &[T], v: &[T], k: usize, s: usize, f: impl Fn(T, T) -> T) -> Vec<T> {
-    with_simd(|| scaled_kernel(x, y, v, k, s, f))
+    with_simd(
+        #[inline(always)]
+        || scaled_kernel(x, y, v, k, s, f),
+    )
 }
 
 #[inline(always)]
@@ -174,7 +177,10 @@ fn scaled_kernel<T: Float>(x: &[T], y: &[T], v: &[T], k: usize, s: usize, f: imp
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn add_scaled2<T: Float>(x: &[T], y: &[T], g: &[T], r: &[T], k: usize, s: usize, out: &mut [T], f: impl Fn(T, T) -> T) {
-    with_simd(|| add_scaled2_kernel(x, y, g, r, k, s, out, f))
+    with_simd(
+        #[inline(always)]
+        || add_scaled2_kernel(x, y, g, r, k, s, out, f),
+    )
 }
 
 #[inline(always)]
@@ -243,12 +249,16 @@ impl<T: Float> Layer<T> for Activation {
     }
     fn forward(&self, _p: &[T], x: &[T], _n: usize) -> (Vec<T>, Aux<T>) {
         let y: Vec<T> = match self.kind {
-            ActivationKind::Relu => {
-                with_simd(|| x.iter().map(|&v| if v > T::zero() { v } else { T::zero() }).collect())
-            }
+            ActivationKind::Relu => with_simd(
+                #[inline(always)]
+                || x.iter().map(|&v| if v > T::zero() { v } else { T::zero() }).collect(),
+            ),
             ActivationKind::LeakyRelu(a) => {
                 let a = T::of(a);
-                with_simd(|| x.iter().map(|&v| if v > T::zero() { v } else { a * v }).collect())
+                with_simd(
+                    #[inline(always)]
+                    || x.iter().map(|&v| if v > T::zero() { v } else { a * v }).collect(),
+                )
             }
             ActivationKind::Tanh => {
                 let mut y = vec![T::zero(); x.len()];
@@ -269,6 +279,9 @@ impl<T: Float> Layer<T> for Activation {
     }
     fn vjp_input(&self, c: &Ctx<T>, g: &[T], k: usize) -> Vec<T> {
         self.mul_d1(c, g, k)
+    }
+    fn hvp_needs_g(&self, rx: bool, _dp: bool, want_input: bool) -> bool {
+        rx && want_input && !self.kind.is_piecewise_linear()
     }
     fn hvp_backward(
         &self,

@@ -197,6 +197,9 @@ impl<T: Float> Layer<T> for BatchNorm {
             }
         }
     }
+    fn hvp_needs_g(&self, rx: bool, dp: bool, want_input: bool) -> bool {
+        self.affine && dp && (rx || want_input)
+    }
     fn hvp_backward(
         &self,
         c: &Ctx<T>,

@@ -323,6 +323,9 @@ impl<T: Float> Layer<T> for Conv2d {
         }
     }
 
+    fn hvp_needs_g(&self, rx: bool, dp: bool, want_input: bool) -> bool {
+        dp && (rx || want_input)
+    }
     fn hvp_backward(
         &self,
         c: &Ctx<T>,

@@ -8,6 +8,7 @@
 //! * R-op: `R(G_x) = R(G) W + G dW`, `R(∇W) = R(G)ᵀ X + Gᵀ R(X)`, `R(∇b) = Σ_n R(G)`.
 
 use super::{Aux, Ctx, Layer, ParamIn, ParamOut, ParamSpec};
+use curvops_tensor::gemm::gemm_new;
 use curvops_tensor::{gemm, ops, Float, Trans};
 
 /// A fully connected layer.
@@ -57,24 +58,19 @@ impl<T: Float> Layer<T> for Linear {
 
     fn forward(&self, p: &[T], x: &[T], n: usize) -> (Vec<T>, Aux<T>) {
         let (i, o) = (self.in_f, self.out_f);
-        let mut y = vec![T::zero(); n * o];
+        let mut y = gemm_new(n, o, i, x, i, Trans::N, self.w(p), i, Trans::T);
         if self.bias {
             let b = &p[i * o..i * o + o];
-            for r in 0..n {
-                y[r * o..(r + 1) * o].copy_from_slice(b);
+            for row in y.chunks_exact_mut(o) {
+                ops::axpy(T::one(), b, row);
             }
         }
-        let beta = if self.bias { T::one() } else { T::zero() };
-        gemm(n, o, i, T::one(), x, i, Trans::N, self.w(p), i, Trans::T, beta, &mut y, o);
         (y, Aux::None)
     }
 
     fn jvp_input(&self, c: &Ctx<T>, dx: &[T], k: usize) -> Vec<T> {
         let (i, o) = (self.in_f, self.out_f);
-        let rows = c.n * k;
-        let mut dy = vec![T::zero(); rows * o];
-        gemm(rows, o, i, T::one(), dx, i, Trans::N, self.w(c.p), i, Trans::T, T::zero(), &mut dy, o);
-        dy
+        gemm_new(c.n * k, o, i, dx, i, Trans::N, self.w(c.p), i, Trans::T)
     }
 
     fn jvp_param(&self, c: &Ctx<T>, dp: &ParamIn<T>, k: usize, dy: &mut [T]) {
@@ -94,10 +90,7 @@ impl<T: Float> Layer<T> for Linear {
 
     fn vjp_input(&self, c: &Ctx<T>, g: &[T], k: usize) -> Vec<T> {
         let (i, o) = (self.in_f, self.out_f);
-        let rows = c.n * k;
-        let mut gx = vec![T::zero(); rows * i];
-        gemm(rows, i, o, T::one(), g, o, Trans::N, self.w(c.p), i, Trans::N, T::zero(), &mut gx, i);
-        gx
+        gemm_new(c.n * k, i, o, g, o, Trans::N, self.w(c.p), i, Trans::N)
     }
 
     fn vjp_param(&self, c: &Ctx<T>, g: &[T], k: usize, out: &mut ParamOut<T>) {
@@ -142,6 +135,9 @@ impl<T: Float> Layer<T> for Linear {
         }
     }
 
+    fn hvp_needs_g(&self, rx: bool, dp: bool, want_input: bool) -> bool {
+        dp && (rx || want_input)
+    }
     fn hvp_backward(
         &self,
         c: &Ctx<T>,

@@ -135,6 +135,13 @@ pub trait Layer<T: Float>: Send + Sync + std::fmt::Debug {
     fn vjp_param(&self, _c: &Ctx<T>, _g: &[T], _k: usize, _out: &mut ParamOut<T>) {}
     /// `out_t[n] = (∂y_n/∂θ_t)ᵀ g_n` for each wanted tensor `t` (`[N, K, size_t]`, overwritten).
     fn vjp_param_per_sample(&self, _c: &Ctx<T>, _g: &[T], _k: usize, _out: &mut ParamOut<T>) {}
+    /// Whether [`Layer::hvp_backward`] reads the primal cotangent `g`, given whether `R(x)` is
+    /// nonzero (`rx`), the parameters are active (`dp`) and `R(g_x)` is wanted. When no layer
+    /// below needs it, the primal backward pass stops early.
+    fn hvp_needs_g(&self, rx: bool, dp: bool, want_input: bool) -> bool {
+        let _ = (rx, dp, want_input);
+        true
+    }
     /// R-operator of backpropagation (see module docs). Returns `R(g_x)` when `want_input`.
     #[allow(clippy::too_many_arguments)]
     fn hvp_backward(

@@ -131,6 +131,9 @@ impl<T: Float> Layer<T> for MaxPool2d {
     fn vjp_input(&self, c: &Ctx<T>, g: &[T], k: usize) -> Vec<T> {
         self.scatter(self.idx(c), g, c.n, k)
     }
+    fn hvp_needs_g(&self, _rx: bool, _dp: bool, _want_input: bool) -> bool {
+        false
+    }
     fn hvp_backward(
         &self,
         c: &Ctx<T>,
@@ -238,6 +241,9 @@ impl<T: Float> Layer<T> for AvgPool2d {
     }
     fn vjp_input(&self, c: &Ctx<T>, g: &[T], k: usize) -> Vec<T> {
         self.apply_t(g, c.n * k)
+    }
+    fn hvp_needs_g(&self, _rx: bool, _dp: bool, _want_input: bool) -> bool {
+        false
     }
     fn hvp_backward(
         &self,

@@ -46,6 +46,9 @@ impl<T: Float> Layer<T> for Identity {
     fn vjp_input(&self, _c: &Ctx<T>, g: &[T], _k: usize) -> Vec<T> {
         g.to_vec()
     }
+    fn hvp_needs_g(&self, _rx: bool, _dp: bool, _want_input: bool) -> bool {
+        false
+    }
     fn hvp_backward(
         &self,
         _c: &Ctx<T>,
