@@ -296,3 +296,28 @@ fn mc_fisher_converges_to_ggn() {
         assert!(rel(&f1, &f2) < 1e-13, "{kind:?}: MC Fisher depends on batch size");
     }
 }
+
+/// Same data, same seed: bitwise the same result with 1 and 2 threads (fixed chunking of the
+/// per-sample loops; faer's parallel GEMM splits only the output).
+#[test]
+fn thread_count_does_not_change_results() {
+    let spec = cnn_spec(Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Mean });
+    let p = random_problem::<f64>(&spec, 19, 8, false);
+    let all = ActiveSet::all(&p.net.layout);
+    let v: Vec<f64> = (0..all.dim * 3).map(|i| ((i * 5) as f64).sin()).collect();
+    let run = || {
+        let mut out = Vec::new();
+        for kind in [Curvature::Hessian, Curvature::Ggn, Curvature::FisherMc { samples: 2, seed: 4 }] {
+            out.push(CurvatureOperator::new(&p, kind, all.clone(), 0).apply_block(&v, 3));
+        }
+        out.push(loss_and_grad(&p, &all, 0).1);
+        out.push(per_sample_grads(&p, &all, 0));
+        out
+    };
+    curvops_tensor::threads::set_threads(1);
+    let a = run();
+    curvops_tensor::threads::set_threads(2);
+    let b = run();
+    curvops_tensor::threads::set_threads(1);
+    assert_eq!(a, b);
+}

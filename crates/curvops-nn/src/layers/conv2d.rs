@@ -14,6 +14,7 @@
 
 use super::{Aux, Ctx, Layer, ParamIn, ParamOut, ParamSpec};
 use curvops_tensor::conv::Geom2d;
+use curvops_tensor::threads::{for_each_item, sum_over_chunks};
 use curvops_tensor::{gemm, Float, Trans};
 
 /// A 2-d convolution.
@@ -197,14 +198,12 @@ impl<T: Float> Layer<T> for Conv2d {
     fn forward(&self, p: &[T], x: &[T], n: usize) -> (Vec<T>, Aux<T>) {
         let (is, os) = (self.geom.in_len(), self.out_c * self.geom.out_len());
         let cs = self.geom.col_rows() * self.geom.out_len();
-        let mut cols = vec![T::zero(); n * cs];
-        let mut y = vec![T::zero(); n * os];
-        let w = &p[..self.wlen()];
         let l = self.geom.out_len();
-        for s in 0..n {
-            let cn = &mut cols[s * cs..(s + 1) * cs];
-            self.geom.im2col(&x[s * is..(s + 1) * is], cn);
-            let ys = &mut y[s * os..(s + 1) * os];
+        let w = &p[..self.wlen()];
+        let mut cols = vec![T::zero(); n * cs];
+        for_each_item(&mut cols, cs, |s, cn| self.geom.im2col(&x[s * is..(s + 1) * is], cn));
+        let mut y = vec![T::zero(); n * os];
+        for_each_item(&mut y, os, |s, ys| {
             let beta = if self.bias {
                 let b = &p[self.wlen()..self.wlen() + self.out_c];
                 for (o, bo) in b.iter().enumerate() {
@@ -214,20 +213,21 @@ impl<T: Float> Layer<T> for Conv2d {
             } else {
                 T::zero()
             };
-            self.weight_times_cols(w, 1, cn, ys, beta);
-        }
+            self.weight_times_cols(w, 1, &cols[s * cs..(s + 1) * cs], ys, beta);
+        });
         (y, Aux::Cols(cols))
     }
 
     fn jvp_input(&self, c: &Ctx<T>, dx: &[T], k: usize) -> Vec<T> {
         let (is, os) = (self.geom.in_len(), self.out_c * self.geom.out_len());
-        let mut cols = vec![T::zero(); self.geom.col_rows() * self.geom.out_len()];
+        let cs = self.geom.col_rows() * self.geom.out_len();
         let mut dy = vec![T::zero(); c.n * k * os];
         let w = &c.p[..self.wlen()];
-        for m in 0..c.n * k {
+        for_each_item(&mut dy, os, |m, out| {
+            let mut cols = vec![T::zero(); cs];
             self.geom.im2col(&dx[m * is..(m + 1) * is], &mut cols);
-            self.weight_times_cols(w, 1, &cols, &mut dy[m * os..(m + 1) * os], T::zero());
-        }
+            self.weight_times_cols(w, 1, &cols, out, T::zero());
+        });
         dy
     }
 
@@ -237,15 +237,9 @@ impl<T: Float> Layer<T> for Conv2d {
         let cs = self.geom.col_rows() * l;
         let cols = self.cols_of(c);
         if let Some(dw) = dp[0] {
-            for s in 0..c.n {
-                self.weight_times_cols(
-                    dw,
-                    k,
-                    &cols[s * cs..(s + 1) * cs],
-                    &mut dy[s * k * os..(s + 1) * k * os],
-                    T::one(),
-                );
-            }
+            for_each_item(dy, k * os, |s, out| {
+                self.weight_times_cols(dw, k, &cols[s * cs..(s + 1) * cs], out, T::one());
+            });
         }
         if self.bias {
             if let Some(db) = dp[1] {
@@ -264,13 +258,14 @@ impl<T: Float> Layer<T> for Conv2d {
 
     fn vjp_input(&self, c: &Ctx<T>, g: &[T], k: usize) -> Vec<T> {
         let (is, os) = (self.geom.in_len(), self.out_c * self.geom.out_len());
-        let mut dcols = vec![T::zero(); self.geom.col_rows() * self.geom.out_len()];
+        let cs = self.geom.col_rows() * self.geom.out_len();
         let mut gx = vec![T::zero(); c.n * k * is];
         let w = &c.p[..self.wlen()];
-        for m in 0..c.n * k {
+        for_each_item(&mut gx, is, |m, out| {
+            let mut dcols = vec![T::zero(); cs];
             self.weight_t_times(w, &g[m * os..(m + 1) * os], &mut dcols);
-            self.geom.col2im_add(&dcols, &mut gx[m * is..(m + 1) * is]);
-        }
+            self.geom.col2im_add(&dcols, out);
+        });
         gx
     }
 
@@ -280,9 +275,11 @@ impl<T: Float> Layer<T> for Conv2d {
         let cs = self.geom.col_rows() * l;
         if let Some(gw) = out[0].as_deref_mut() {
             let cols = self.cols_of(c);
-            for s in 0..c.n {
-                self.grad_weight(&g[s * k * os..(s + 1) * k * os], k, &cols[s * cs..(s + 1) * cs], gw);
-            }
+            sum_over_chunks(c.n, gw, |range, buf| {
+                for s in range {
+                    self.grad_weight(&g[s * k * os..(s + 1) * k * os], k, &cols[s * cs..(s + 1) * cs], buf);
+                }
+            });
         }
         if self.bias {
             if let Some(gb) = out[1].as_deref_mut() {
@@ -297,16 +294,11 @@ impl<T: Float> Layer<T> for Conv2d {
         let cs = self.geom.col_rows() * l;
         let wl = self.wlen();
         if let Some(gw) = out[0].as_deref_mut() {
-            gw.fill(T::zero());
             let cols = self.cols_of(c);
-            for s in 0..c.n {
-                self.grad_weight(
-                    &g[s * k * os..(s + 1) * k * os],
-                    k,
-                    &cols[s * cs..(s + 1) * cs],
-                    &mut gw[s * k * wl..(s + 1) * k * wl],
-                );
-            }
+            for_each_item(gw, k * wl, |s, o| {
+                o.fill(T::zero());
+                self.grad_weight(&g[s * k * os..(s + 1) * k * os], k, &cols[s * cs..(s + 1) * cs], o);
+            });
         }
         if self.bias {
             if let Some(gb) = out[1].as_deref_mut() {
@@ -326,6 +318,7 @@ impl<T: Float> Layer<T> for Conv2d {
     fn hvp_needs_g(&self, rx: bool, dp: bool, want_input: bool) -> bool {
         dp && (rx || want_input)
     }
+
     fn hvp_backward(
         &self,
         c: &Ctx<T>,
@@ -342,28 +335,30 @@ impl<T: Float> Layer<T> for Conv2d {
         let cs = self.geom.col_rows() * l;
         let wl = self.wlen();
         self.vjp_param(c, rg, k, rgrad);
-        let mut tmp = vec![T::zero(); cs];
         if let (Some(rx), Some(gw)) = (rx, rgrad[0].as_deref_mut()) {
-            for s in 0..c.n {
-                for kk in 0..k {
-                    let m = s * k + kk;
-                    self.geom.im2col(&rx[m * is..(m + 1) * is], &mut tmp);
-                    self.grad_weight(&g[s * os..(s + 1) * os], 1, &tmp, &mut gw[kk * wl..(kk + 1) * wl]);
+            // Σ_n G_n im2col(R(x)_{n,k})ᵀ
+            sum_over_chunks(c.n, gw, |range, buf| {
+                let mut tmp = vec![T::zero(); cs];
+                for s in range {
+                    for kk in 0..k {
+                        let m = s * k + kk;
+                        self.geom.im2col(&rx[m * is..(m + 1) * is], &mut tmp);
+                        self.grad_weight(&g[s * os..(s + 1) * os], 1, &tmp, &mut buf[kk * wl..(kk + 1) * wl]);
+                    }
                 }
-            }
+            });
         }
         if !want_input {
             return None;
         }
         let mut rgx = self.vjp_input(c, rg, k);
         if let Some(dw) = dp[0] {
-            for s in 0..c.n {
-                for kk in 0..k {
-                    let m = s * k + kk;
-                    self.weight_t_times(&dw[kk * wl..(kk + 1) * wl], &g[s * os..(s + 1) * os], &mut tmp);
-                    self.geom.col2im_add(&tmp, &mut rgx[m * is..(m + 1) * is]);
-                }
-            }
+            for_each_item(&mut rgx, is, |m, out| {
+                let (s, kk) = (m / k, m % k);
+                let mut tmp = vec![T::zero(); cs];
+                self.weight_t_times(&dw[kk * wl..(kk + 1) * wl], &g[s * os..(s + 1) * os], &mut tmp);
+                self.geom.col2im_add(&tmp, out);
+            });
         }
         Some(rgx)
     }
