@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn chunked_sums_do_not_depend_on_threads() {
-        let data: Vec<f64> = (0..1000).map(|i| (i as f64 * 0.37).sin() * 1e3f64.powi((i % 7) as i32 - 3)).collect();
+        let data: Vec<f64> = (0..1000i32).map(|i| (f64::from(i) * 0.37).sin() * 1e3f64.powi(i % 7 - 3)).collect();
         let run = || {
             let mut acc = vec![0.0f64; 3];
             sum_over_chunks(data.len(), &mut acc, |r, b| {
