@@ -6,12 +6,16 @@
 // Index loops over several arrays are the clearest form for numerical kernels.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
+mod alloc;
 mod args;
 mod commands;
 mod common;
 mod output;
 
 use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: alloc::Counting = alloc::Counting;
 
 /// Keeps freed memory in the process (glibc): curvature products allocate and free
 /// megabyte-sized buffers per layer and batch; by default glibc returns them to the kernel,

@@ -2,6 +2,10 @@
 //! benchmark problems, as milliseconds and as ratios to our gradient, for each dtype and thread
 //! count, with the peak resident memory of each operation.
 //!
+//! Memory: `peak_rss_mb` is the process's peak resident set during the operation (Linux
+//! `VmHWM` after a reset; it includes memory kept from earlier operations), `peak_heap_mb` the
+//! peak of live heap bytes the operation allocated on top of what was live before it.
+//!
 //! `ggn_vp`, `hvp` and `ggn_block16` are cold (a fresh operator: forward pass included, as the
 //! JAX peer measures them); the `*_cached` variants reuse the forward pass and loss factors
 //! kept from an earlier application.
@@ -45,10 +49,8 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Median wall time in ms of `f` over `reps` runs after two warm-up runs.
+/// Median wall time in ms of `f` over `reps` runs.
 fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    f();
     let mut ts: Vec<f64> = (0..reps.max(1))
         .map(|_| {
             let t = Instant::now();
@@ -80,8 +82,8 @@ pub fn run(
     }
     if !c.json {
         println!(
-            "{:<8} {:<20} {:>5} {:>3} {:>11} {:>9} {:>9}",
-            "problem", "op", "dtype", "thr", "ms", "ratio", "peak MiB"
+            "{:<8} {:<20} {:>5} {:>3} {:>11} {:>9} {:>9} {:>9}",
+            "problem", "op", "dtype", "thr", "ms", "ratio", "RSS MiB", "heap MiB"
         );
     }
     for prob in problems(dir)? {
@@ -165,9 +167,15 @@ fn bench_one<T: Float>(dir: &Path, reps: usize, threads: usize, json: bool, only
         if op != "gradient" && only.is_some_and(|o| !o.iter().any(|x| x == op)) {
             continue;
         }
+        // two warm-up runs (one-time allocations, e.g. GEMM workspaces, are not counted)
+        f();
+        f();
         let reset = reset_peak_rss();
+        crate::alloc::reset_peak();
+        let heap0 = crate::alloc::live();
         let ms = median_ms(reps, &mut f);
         let rss = if reset { peak_rss_mb() } else { None };
+        let heap_mb = (crate::alloc::peak() - heap0) as f64 / (1 << 20) as f64;
         if op == "gradient" {
             grad_ms = ms;
         }
@@ -176,19 +184,21 @@ fn bench_one<T: Float>(dir: &Path, reps: usize, threads: usize, json: bool, only
             println!(
                 "{}",
                 json!({"problem": name, "op": op, "ms": (ms * 1e4).round() / 1e4, "ratio_to_gradient": (ratio * 1e3).round() / 1e3,
-                       "peak_rss_mb": rss.map(|r| (r * 10.0).round() / 10.0), "dtype": T::DTYPE, "threads": threads,
+                       "peak_rss_mb": rss.map(|r| (r * 10.0).round() / 10.0),
+                       "peak_heap_mb": (heap_mb * 10.0).round() / 10.0, "dtype": T::DTYPE, "threads": threads,
                        "D": d, "N": p.data.n, "reps": reps})
             );
         } else {
             println!(
-                "{:<8} {:<20} {:>5} {:>3} {:>11.4} {:>9.3} {:>9}",
+                "{:<8} {:<20} {:>5} {:>3} {:>11.4} {:>9.3} {:>9} {:>9.1}",
                 name,
                 op,
                 T::DTYPE,
                 threads,
                 ms,
                 ratio,
-                rss.map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into())
+                rss.map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into()),
+                heap_mb
             );
         }
         bar.set(i + 1, n_ops);
