@@ -35,6 +35,8 @@ pub trait Float:
     fn from_le_bytes(b: &[u8]) -> Self;
     /// Appends the little-endian bytes of `self`.
     fn write_le_bytes(self, out: &mut Vec<u8>);
+    /// `if cond { a } else { b }` without a branch (bit masks), for data-dependent selects.
+    fn select(cond: bool, a: Self, b: Self) -> Self;
 }
 
 impl Float for f32 {
@@ -59,6 +61,11 @@ impl Float for f32 {
     #[inline]
     fn write_le_bytes(self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_le_bytes());
+    }
+    #[inline(always)]
+    fn select(cond: bool, a: Self, b: Self) -> Self {
+        let m = (cond as u32).wrapping_neg();
+        f32::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
     }
 }
 
@@ -85,6 +92,11 @@ impl Float for f64 {
     fn write_le_bytes(self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_le_bytes());
     }
+    #[inline(always)]
+    fn select(cond: bool, a: Self, b: Self) -> Self {
+        let m = (cond as u64).wrapping_neg();
+        f64::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
+    }
 }
 
 #[cfg(test)]
@@ -96,5 +108,7 @@ mod tests {
         assert!((1.0f64.erf_() - 0.842_700_792_949_714_9).abs() < 1e-15);
         assert!(((-0.5f32).erf_() + 0.520_499_9).abs() < 1e-6);
         assert_eq!(f64::of(0.25).as_f64(), 0.25);
+        assert_eq!(f32::select(true, 1.0, 2.0), 1.0);
+        assert_eq!(f64::select(false, 1.0, -0.0).to_bits(), (-0.0f64).to_bits());
     }
 }

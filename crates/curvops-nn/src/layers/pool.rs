@@ -8,6 +8,7 @@
 
 use super::{Aux, Ctx, Layer, ParamIn, ParamOut};
 use curvops_tensor::conv::Geom2d;
+use curvops_tensor::simd::with_simd;
 use curvops_tensor::Float;
 
 /// Max pooling over `kh × kw` windows (optionally dilated).
@@ -84,44 +85,65 @@ impl<T: Float> Layer<T> for MaxPool2d {
     fn forward(&self, _p: &[T], x: &[T], n: usize) -> (Vec<T>, Aux<T>) {
         let g = &self.geom;
         let (is, os, hw) = (g.in_len(), g.c * g.out_len(), g.h * g.w);
-        let mut y = Vec::with_capacity(n * os);
-        let mut idx = Vec::with_capacity(n * os);
-        let (h, w) = (g.h as isize, g.w as isize);
-        for xs in x.chunks_exact(is).take(n) {
-            for c in 0..g.c {
-                let xc = &xs[c * hw..(c + 1) * hw];
-                for oy in 0..g.oh {
-                    let y0 = (oy * g.sh) as isize - g.ph as isize;
-                    for ox in 0..g.ow {
-                        let x0 = (ox * g.sw) as isize - g.pw as isize;
-                        // first maximal element in row-major window order (strict >)
-                        let mut best = T::neg_infinity();
-                        let mut arg = usize::MAX;
-                        for i in 0..g.kh {
-                            let yy = y0 + (i * g.dh) as isize;
-                            if yy < 0 || yy >= h {
-                                continue;
+        // For tap column j, the outputs whose tap lies inside the image form a contiguous range.
+        let ox_range = |j: usize| -> (usize, usize) {
+            let inside = |ox: usize| {
+                let z = (ox * g.sw + j * g.dw) as isize - g.pw as isize;
+                z >= 0 && (z as usize) < g.w
+            };
+            let lo = (0..g.ow).find(|&o| inside(o)).unwrap_or(g.ow);
+            let hi = (lo..g.ow).rev().find(|&o| inside(o)).map_or(lo, |o| o + 1);
+            (lo, hi)
+        };
+        let jranges: Vec<(usize, usize)> = (0..g.kw).map(ox_range).collect();
+        let mut y = vec![T::zero(); n * os];
+        let mut idx = vec![0u32; n * os];
+        let mut best = vec![T::zero(); g.ow];
+        let mut arg = vec![0usize; g.ow];
+        for (s, xs) in x.chunks_exact(is).take(n).enumerate() {
+            with_simd(
+                #[inline(always)]
+                || {
+                    for c in 0..g.c {
+                        let xc = &xs[c * hw..(c + 1) * hw];
+                        for oy in 0..g.oh {
+                            best.fill(T::neg_infinity());
+                            // sentinel: the window's first tap inside the image (never -inf in valid data)
+                            let i0 = (0..g.kh).find_map(|i| g.in_row(oy, i)).expect("window has a valid row");
+                            for (ox, a) in arg.iter_mut().enumerate() {
+                                let j0 = (0..g.kw).find_map(|j| g.in_col(ox, j)).expect("window has a valid column");
+                                *a = i0 * g.w + j0;
                             }
-                            let row = yy as usize * g.w;
-                            for j in 0..g.kw {
-                                let xx = x0 + (j * g.dw) as isize;
-                                if xx < 0 || xx >= w {
-                                    continue;
+                            // taps in row-major order; for each, all outputs of the row at once with
+                            // branch-free selects: strict `>` keeps the first maximal element
+                            for i in 0..g.kh {
+                                let Some(yy) = g.in_row(oy, i) else { continue };
+                                let row = &xc[yy * g.w..(yy + 1) * g.w];
+                                for (j, &(lo, hi)) in jranges.iter().enumerate() {
+                                    if hi <= lo {
+                                        continue;
+                                    }
+                                    let first = lo * g.sw + j * g.dw - g.pw;
+                                    let base = yy * g.w + first;
+                                    let seg = &row[first..first + (hi - lo - 1) * g.sw + 1];
+                                    for (t, (b, a)) in best[lo..hi].iter_mut().zip(&mut arg[lo..hi]).enumerate() {
+                                        let v = seg[t * g.sw];
+                                        let take = (v > *b) | (v.is_nan() & !b.is_nan());
+                                        *b = T::select(take, v, *b);
+                                        let m = (take as usize).wrapping_neg();
+                                        *a = ((base + t * g.sw) & m) | (*a & !m);
+                                    }
                                 }
-                                let a = row + xx as usize;
-                                let v = xc[a];
-                                if arg == usize::MAX || v > best || (v.is_nan() && !best.is_nan()) {
-                                    best = v;
-                                    arg = a;
-                                }
+                            }
+                            let o = s * os + (c * g.oh + oy) * g.ow;
+                            y[o..o + g.ow].copy_from_slice(&best);
+                            for (d, &a) in idx[o..o + g.ow].iter_mut().zip(&arg) {
+                                *d = (c * hw + a) as u32;
                             }
                         }
-                        debug_assert!(arg != usize::MAX, "maxpool2d: empty window");
-                        y.push(best);
-                        idx.push((c * hw + arg) as u32);
                     }
-                }
-            }
+                },
+            );
         }
         (y, Aux::Index(idx))
     }
@@ -146,6 +168,22 @@ impl<T: Float> Layer<T> for MaxPool2d {
         want_input: bool,
     ) -> Option<Vec<T>> {
         want_input.then(|| self.scatter(self.idx(c), rg, c.n, k))
+    }
+}
+
+/// `best[t] ← max(best[t], seg[t·stride])`, remembering the flat index `base + t·stride` of a
+/// new maximum (strict `>`: the first maximal element is kept; NaN wins). Branch-free: the
+/// comparisons are data dependent and would mispredict as branches.
+#[inline(always)]
+fn max_update<T: Float>(seg: &[T], base: usize, stride: usize, best: &mut [T], arg: &mut [usize]) {
+    let n = best.len();
+    let seg = &seg[..(n - 1) * stride + 1];
+    for (t, (b, a)) in best.iter_mut().zip(arg.iter_mut()).enumerate() {
+        let v = seg[t * stride];
+        let take = (v > *b) | (v.is_nan() & !b.is_nan());
+        *b = T::select(take, v, *b);
+        let m = (take as usize).wrapping_neg();
+        *a = ((base + t * stride) & m) | (*a & !m);
     }
 }
 
