@@ -126,13 +126,7 @@ impl<T: Float> Layer<T> for MaxPool2d {
                                     let first = lo * g.sw + j * g.dw - g.pw;
                                     let base = yy * g.w + first;
                                     let seg = &row[first..first + (hi - lo - 1) * g.sw + 1];
-                                    for (t, (b, a)) in best[lo..hi].iter_mut().zip(&mut arg[lo..hi]).enumerate() {
-                                        let v = seg[t * g.sw];
-                                        let take = (v > *b) | (v.is_nan() & !b.is_nan());
-                                        *b = T::select(take, v, *b);
-                                        let m = (take as usize).wrapping_neg();
-                                        *a = ((base + t * g.sw) & m) | (*a & !m);
-                                    }
+                                    max_update(seg, base, g.sw, &mut best[lo..hi], &mut arg[lo..hi]);
                                 }
                             }
                             let o = s * os + (c * g.oh + oy) * g.ow;
