@@ -60,6 +60,10 @@ pub struct Common {
     /// KFAC/EKFAC: load fitted factors from this file instead of a data pass.
     #[arg(long)]
     pub kfac_factors: Option<PathBuf>,
+    /// KFAC: how --damping enters solve/logdet and the KFAC preconditioner (exact: KFAC + λI;
+    /// same: λ added to both Kronecker factors; pi: Martens-Grosse π-damping of the factors).
+    #[arg(long, value_enum, default_value = "exact")]
+    pub kfac_damping: KfacDamping,
     /// Restrict the operator to its block diagonal (per layer or per parameter tensor).
     #[arg(long, value_enum)]
     pub blocks: Option<Blocks>,
@@ -89,6 +93,17 @@ pub enum KfacApprox {
     Expand,
     /// Sum over spatial positions first.
     Reduce,
+}
+
+/// How a damping λ enters KFAC's inverse.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KfacDamping {
+    /// (B ⊗ A + λI)⁻¹, exact in the Kronecker eigenbasis.
+    Exact,
+    /// (B + λI)⁻¹ ⊗ (A + λI)⁻¹.
+    Same,
+    /// Martens-Grosse π-damping of the two factors.
+    Pi,
 }
 
 /// Block-diagonal restriction.
@@ -197,6 +212,8 @@ pub enum Command {
     Train(crate::commands::train::Args),
     /// Laplace approximations: fit, predict, evaluate.
     Laplace(crate::commands::laplace::Args),
+    /// Fit KFAC or EKFAC and save the factors (reuse them with --kfac-factors).
+    KfacFit(crate::commands::kfac::FitArgs),
     /// The main job on a built-in default: a small network on built-in data.
     Demo {
         #[command(flatten)]

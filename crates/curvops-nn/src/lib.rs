@@ -18,7 +18,9 @@
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
 pub mod data;
+pub mod data_formats;
 pub mod error;
+pub mod inflate;
 pub mod io;
 pub mod layers;
 pub mod loss;

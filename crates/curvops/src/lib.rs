@@ -24,8 +24,13 @@
 pub mod cache;
 pub mod curvature;
 pub mod dense;
+pub mod diag;
 pub mod gradient;
 pub mod jacobian;
+pub mod kfac;
+pub mod laplace;
+pub mod metrics;
+pub mod optim;
 
 pub use curvature::{Curvature, CurvatureOperator};
 pub use curvops_linalg::{LinearOperator, Structure};

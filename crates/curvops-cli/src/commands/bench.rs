@@ -6,6 +6,10 @@
 //! `VmHWM` after a reset; it includes memory kept from earlier operations), `peak_heap_mb` the
 //! peak of live heap bytes the operation allocated on top of what was live before it.
 //!
+//! `kfac_build` fits type-2 KFAC (expand, separate weight and bias: curvlinops'
+//! `KFACLinearOperator` defaults) on all the data; `kfac_matvec` applies fitted KFAC to one
+//! vector (both skipped on problems with parameters KFAC does not support).
+//!
 //! `ggn_vp`, `hvp` and `ggn_block16` are cold (a fresh operator: forward pass included, as the
 //! JAX peer measures them); the `*_cached` variants reuse the forward pass and loss factors
 //! kept from an earlier application.
@@ -113,7 +117,12 @@ fn bench_one<T: Float>(dir: &Path, reps: usize, threads: usize, json: bool, only
     let cached_ggn = CurvatureOperator::new(&p, Curvature::Ggn, all.clone(), 0).with_cache(usize::MAX);
     let cached_hess = CurvatureOperator::new(&p, Curvature::Hessian, all.clone(), 0).with_cache(usize::MAX);
     type Op<'a> = Box<dyn FnMut() + 'a>;
-    let ops: Vec<(&str, Op)> = vec![
+    let wants = |op: &str| only.is_none_or(|o| o.iter().any(|x| x == op));
+    let kfac_opts = curvops::kfac::KfacOptions::default();
+    let kfac = (wants("kfac_build") || wants("kfac_matvec"))
+        .then(|| curvops::kfac::Kfac::fit(&p, &all, &kfac_opts).ok())
+        .flatten();
+    let mut ops: Vec<(&str, Op)> = vec![
         (
             "gradient",
             Box::new(|| {
@@ -160,6 +169,23 @@ fn bench_one<T: Float>(dir: &Path, reps: usize, threads: usize, json: bool, only
             }),
         ),
     ];
+    // KFAC (type-2, expand, separate weight and bias; curvlinops' KFACLinearOperator): fitting
+    // the factors (a data pass), and one matvec with fitted factors. Skipped on problems with
+    // parameters KFAC does not support.
+    if let Some(k) = &kfac {
+        ops.push((
+            "kfac_build",
+            Box::new(|| {
+                std::hint::black_box(curvops::kfac::Kfac::fit(&p, &all, &kfac_opts).expect("fitted before"));
+            }),
+        ));
+        ops.push((
+            "kfac_matvec",
+            Box::new(|| {
+                std::hint::black_box(curvops::LinearOperator::apply_vec(k, &v1));
+            }),
+        ));
+    }
     let bar = Progress::new(ops.len(), &format!("bench {name} {} t={threads}", T::DTYPE));
     let mut grad_ms = f64::NAN;
     let n_ops = ops.len();

@@ -1,10 +1,19 @@
 //! `curvops diag CURV --method exact|mc|hutchinson|xdiag --samples S --out d.npy`.
+//!
+//! `exact` for `ggn`, `hessian`, `ef` and `fisher-mc` computes the diagonal without forming the
+//! matrix (`curvops::diag`: the loss-Hessian factor, sampled gradients or per-sample gradients
+//! backpropagated, BackPACK's DiagGGN / DiagHessian); for `kfac` / `ekfac` it is read off the
+//! factors; for other operators it falls back to unit-vector products. `mc` is the Monte-Carlo
+//! GGN diagonal (`--mc-samples`, `--seed`; for `ggn` and `fisher-mc`). `--blocks` does not
+//! change a diagonal.
 
+use crate::args::Curv as C;
 use crate::args::{Common, Curv};
 use crate::commands::trace::ProbeArg;
 use crate::common::{CliResult, ProgressOp};
 use crate::obj;
 use crate::output::emit;
+use curvops::diag::{curvature_diag, DiagKind};
 use curvops::{ActiveSet, Problem};
 use curvops_linalg::estimators::{diag_exact, diag_hutchinson, diag_xdiag, EstimatorOptions};
 use curvops_nn::io::write_npy;
@@ -43,7 +52,29 @@ pub fn run<T: Float>(a: &Args, p: &Problem<T>, active: ActiveSet, bs: usize) -> 
     let o = EstimatorOptions { probe: a.probe.probe(), seed: c.seed, block_size: 64 };
     let (values, std_err, matvecs, how) = match a.method {
         DiagMethod::Mc => {
-            return Err("diag --method mc: the Monte-Carlo GGN diagonal is not available yet".into());
+            if !matches!(a.curv, C::Ggn | C::FisherMc) {
+                let curv = format!("{:?}", a.curv).to_lowercase();
+                return Err(format!("diag --method mc: the Monte-Carlo diagonal is of ggn / fisher-mc, not {curv}"));
+            }
+            if c.mc_samples == 0 {
+                return Err("--mc-samples must be positive".into());
+            }
+            let kind = DiagKind::GgnMc { samples: c.mc_samples, seed: c.seed };
+            (curvature_diag(p, kind, &active, bs), None, 0, "monte-carlo ggn diagonal (sampled labels)")
+        }
+        DiagMethod::Exact if matches!(a.curv, C::Ggn | C::Hessian | C::Ef | C::FisherMc) => {
+            let kind = match a.curv {
+                C::Ggn => DiagKind::Ggn,
+                C::Hessian => DiagKind::Hessian,
+                C::Ef => DiagKind::Ef,
+                _ => {
+                    if c.mc_samples == 0 {
+                        return Err("--mc-samples must be positive".into());
+                    }
+                    DiagKind::GgnMc { samples: c.mc_samples, seed: c.seed }
+                }
+            };
+            (curvature_diag(p, kind, &active, bs), None, 0, "exact (backpropagated factors)")
         }
         DiagMethod::Exact => {
             let op = super::make_operator(a.curv, p, active, bs, c)?;

@@ -64,6 +64,7 @@ fn common_of(cmd: &Command) -> &Common {
         Command::Solve(a) => &a.common,
         Command::Vivit(a) => &a.common,
         Command::Train(a) => &a.common,
+        Command::KfacFit(a) => &a.common,
         Command::Laplace(_) => unreachable!("laplace dispatches itself"),
     }
 }
@@ -91,6 +92,7 @@ fn run_typed<T: Float>(cmd: Command, c: &Common) -> CliResult<()> {
         Command::Spectrum(a) => spectrum::run(&a, &p, active, bs),
         Command::Solve(a) => solve::run(&a, &p, active, bs),
         Command::Vivit(a) => vivit::run(&a, &p, active, bs),
+        Command::KfacFit(a) => kfac::fit(&a, &p, active, bs),
         Command::Demo { .. } | Command::Bench { .. } | Command::Train(_) | Command::Laplace(_) => {
             unreachable!("handled above")
         }

@@ -1,14 +1,258 @@
-//! `curvops train` (issue 6). Until it lands this returns a clear error.
+//! `curvops train`: mini-batch SGD / Adam / AdamW with PyTorch's update rules, writing the
+//! weights as safetensors in the layout (keys, dtypes, buffers) of the input weights file.
 
-use crate::args::Common;
-use crate::common::CliResult;
+use crate::args::{Common, Dtype};
+use crate::common::{self, CliResult, Progress};
+use crate::obj;
+use crate::output::emit;
+use curvops::metrics;
+use curvops::optim::{self, OptimizerKind, TrainOptions};
+use curvops::Problem;
+use curvops_nn::data_formats::{load_dataset, LoadOptions};
+use curvops_nn::io::{load_weights, read_model};
+use curvops_nn::{Dataset, LossKind, Network, Targets};
+use curvops_tensor::Float;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Flags that say how data files are read (CSV label column, scaling, splits).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DataFlags {
+    /// CSV: the label column(s), by name or 0-based index, comma separated (default: the
+    /// column named label/y/target, else the last).
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// Divide the inputs by this (default 255 for 8-bit IDX images, else 1).
+    #[arg(long)]
+    pub x_scale: Option<f64>,
+    /// Shuffle the rows of every data file with this seed before its `@A:B` row slice.
+    #[arg(long)]
+    pub permute_seed: Option<u64>,
+    /// Targets of `--data` when it is a `.npy` or IDX input file.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Targets of `--test-data` when it is a `.npy` or IDX input file.
+    #[arg(long)]
+    pub test_labels: Option<PathBuf>,
+}
+
+impl DataFlags {
+    /// Options for `--data` (`test = false`) or `--test-data`.
+    pub fn options(&self, test: bool) -> LoadOptions {
+        LoadOptions {
+            label_column: self.label_column.clone(),
+            x_scale: self.x_scale,
+            permute_seed: self.permute_seed,
+            labels: if test { self.test_labels.clone() } else { self.labels.clone() },
+        }
+    }
+}
+
+/// The optimizer (PyTorch's `torch.optim` classes).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opt {
+    /// `torch.optim.SGD`.
+    Sgd,
+    /// `torch.optim.Adam` (L2 weight decay).
+    Adam,
+    /// `torch.optim.AdamW` (decoupled weight decay).
+    Adamw,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
+    #[command(flatten)]
+    pub data_flags: DataFlags,
+    /// Passes over the data.
+    #[arg(long)]
+    pub epochs: usize,
+    /// The optimizer.
+    #[arg(long, value_enum, default_value = "adam")]
+    pub optimizer: Opt,
+    /// Learning rate.
+    #[arg(long)]
+    pub lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    pub momentum: f64,
+    /// SGD with Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Weight decay λ (L2 for sgd/adam: the Gaussian prior τ = λ·N·s/(c(B)·B·σ²), e.g. N·λ for
+    /// mean cross-entropy; decoupled for adamw).
+    #[arg(long, conflicts_with = "prior_precision")]
+    pub weight_decay: Option<f64>,
+    /// Train as the MAP under the prior N(0, τ⁻¹I): sets the L2 weight decay from τ.
+    #[arg(long)]
+    pub prior_precision: Option<f64>,
+    /// Regression noise σ for the weight decay ↔ prior relation.
+    #[arg(long, default_value_t = 1.0)]
+    pub sigma: f64,
+    /// Adam's (β₁, β₂).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.9, 0.999])]
+    pub betas: Vec<f64>,
+    /// Adam's ε.
+    #[arg(long, default_value_t = 1e-8)]
+    pub eps: f64,
+    /// Keep the sample order (no shuffling).
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Test data for the final report.
+    #[arg(long)]
+    pub test_data: Option<String>,
+    /// Also write `OUT_STEM.epochE.safetensors` every this many epochs.
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// The trained weights (safetensors, same keys and dtype as --weights).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
-pub fn run(_a: &Args, _c: &Common) -> CliResult<()> {
-    Err("train: not available in this build".into())
+/// Loads model, weights and a data spec in dtype `T`.
+pub fn load_problem_spec<T: Float>(c: &Common, flags: &DataFlags) -> CliResult<Problem<T>> {
+    let (m, w, _) = common::problem_paths(c)?;
+    let data = match (&c.data, &c.problem) {
+        (Some(d), _) => d.display().to_string(),
+        (None, Some(dir)) => dir.join("data.safetensors").display().to_string(),
+        (None, None) => return Err("--data is required (or --problem DIR with data.safetensors)".into()),
+    };
+    let spec = read_model(&m).map_err(|e| e.to_string())?;
+    let (net, theta) = load_weights::<T>(&spec, &m.display().to_string(), &w).map_err(|e| e.to_string())?;
+    for w in &net.warnings {
+        eprintln!("warning: {w}");
+    }
+    let data = load_dataset(&net, &data, &flags.options(false)).map_err(|e| e.to_string())?;
+    Ok(Problem { net, theta, data })
+}
+
+/// The loss `L` on a data set and the accuracy for class labels (NaN otherwise).
+pub fn loss_and_accuracy<T: Float>(net: &Network<T>, theta: &[T], d: &Dataset<T>) -> (f64, f64) {
+    let c = net.out_size();
+    let mut loss = 0.0;
+    let mut hits = 0usize;
+    for b in d.batches(1024) {
+        let f = net.predict(theta, b.x, b.n);
+        loss += net.loss.values(&f, b.y, b.n, c).iter().map(|v| v.as_f64()).sum::<f64>();
+        if let curvops_nn::TargetsRef::Classes(y) = b.y {
+            let fd: Vec<f64> = f.iter().map(|v| v.as_f64()).collect();
+            hits += (0..b.n).filter(|&s| metrics::argmax(&fd[s * c..(s + 1) * c]) == y[s]).count();
+        }
+    }
+    let acc = if matches!(d.y, Targets::Classes(_)) { hits as f64 / d.n as f64 } else { f64::NAN };
+    (net.loss.factor(d.n, c) * loss, acc)
+}
+
+pub fn run(a: &Args, c: &Common) -> CliResult<()> {
+    let dtype = common::dtype_of(c)?;
+    match dtype {
+        Dtype::F32 => run_typed::<f32>(a, c),
+        Dtype::F64 => run_typed::<f64>(a, c),
+    }
+}
+
+fn checkpoint_path(out: &Path, epoch: usize) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "weights".into());
+    out.with_file_name(format!("{stem}.epoch{epoch}.safetensors"))
+}
+
+fn run_typed<T: Float>(a: &Args, c: &Common) -> CliResult<()> {
+    if a.epochs == 0 {
+        return Err("--epochs must be positive".into());
+    }
+    if !(a.lr.is_finite() && a.lr > 0.0) {
+        return Err("--lr must be positive".into());
+    }
+    let mut p = load_problem_spec::<T>(c, &a.data_flags)?;
+    let test = match &a.test_data {
+        Some(t) => Some(load_dataset(&p.net, t, &a.data_flags.options(true)).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let (_, weights, _) = common::problem_paths(c)?;
+    let bs = common::batch_size(c)?;
+    if p.net.layers.iter().any(|l| l.kind().starts_with("batchnorm")) {
+        eprintln!("warning: batch norm is trained in evaluation mode (running statistics kept fixed)");
+    }
+    if p.net.layers.iter().any(|l| l.kind() == "dropout") {
+        eprintln!("warning: dropout is the identity during training (evaluation mode)");
+    }
+    let (n, cout) = (p.data.n, p.net.out_size());
+    let weight_decay = match (a.weight_decay, a.prior_precision) {
+        (Some(w), _) => w,
+        (None, Some(tau)) => optim::weight_decay_of_prior_precision(p.net.loss, n, cout, bs, a.sigma, tau),
+        (None, None) => 0.0,
+    };
+    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+        return Err("--weight-decay must be non-negative".into());
+    }
+    let betas = match a.betas.as_slice() {
+        [b1, b2] => (*b1, *b2),
+        _ => return Err("--betas takes two values, e.g. 0.9,0.999".into()),
+    };
+    let kind = match a.optimizer {
+        Opt::Sgd => OptimizerKind::Sgd { lr: a.lr, momentum: a.momentum, nesterov: a.nesterov, weight_decay },
+        Opt::Adam => OptimizerKind::Adam { lr: a.lr, betas, eps: a.eps, weight_decay },
+        Opt::Adamw => OptimizerKind::AdamW { lr: a.lr, betas, eps: a.eps, weight_decay },
+    };
+    let opts = TrainOptions { epochs: a.epochs, batch_size: bs, optimizer: kind, seed: c.seed, shuffle: !a.no_shuffle };
+    let (loss0, _) = loss_and_accuracy(&p.net, &p.theta, &p.data);
+    let t0 = Instant::now();
+    let bar = Progress::new(a.epochs, "training");
+    let mut err = None;
+    let net = &p.net;
+    let mut theta = p.theta.clone();
+    let history = {
+        let mut ckpt = |st: &optim::EpochStats, th: &[T]| {
+            if let Some(every) = a.checkpoint_every {
+                if every > 0 && st.epoch.is_multiple_of(every) && err.is_none() {
+                    if let Err(e) = optim::write_checkpoint(&checkpoint_path(&a.out, st.epoch), &weights, net, th) {
+                        err = Some(e.to_string());
+                    }
+                }
+            }
+        };
+        let mut prog = |step: usize, total: usize| bar.set(step * a.epochs / total.max(1), a.epochs);
+        optim::train(net, &mut theta, &p.data, &opts, &mut prog, &mut ckpt)
+    };
+    drop(bar);
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    p.theta = theta;
+    optim::write_checkpoint(&a.out, &weights, &p.net, &p.theta).map_err(|e| e.to_string())?;
+    let (loss, acc) = loss_and_accuracy(&p.net, &p.theta, &p.data);
+    let tau = if kind.l2_weight_decay() > 0.0 {
+        Some(optim::prior_precision_of_weight_decay(p.net.loss, n, cout, bs, a.sigma, weight_decay))
+    } else {
+        None
+    };
+    let mut o = obj! {
+        "epochs" => a.epochs,
+        "optimizer" => kind.name(),
+        "lr" => a.lr,
+        "weight_decay" => weight_decay,
+        "prior_precision" => tau,
+        "batch_size" => if bs == 0 { n } else { bs },
+        "N" => n,
+        "dtype" => T::DTYPE,
+        "loss_initial" => loss0,
+        "loss" => loss,
+        "epoch_losses" => history.iter().map(|h| h.loss).collect::<Vec<f64>>(),
+        "seconds" => seconds,
+        "out" => a.out.display().to_string(),
+    };
+    if p.net.loss.kind == LossKind::CrossEntropy {
+        o.insert("train_accuracy".into(), serde_json::json!(acc));
+    }
+    if let Some(t) = &test {
+        let (tl, ta) = loss_and_accuracy(&p.net, &p.theta, t);
+        o.insert("test_loss".into(), serde_json::json!(tl));
+        if p.net.loss.kind == LossKind::CrossEntropy {
+            o.insert("test_accuracy".into(), serde_json::json!(ta));
+        }
+    }
+    emit(c.json, o);
+    Ok(())
 }

@@ -1,0 +1,601 @@
+//! Fitting: one pass over the training data computes the loss `Σ_n ℓ_n` and the curvature
+//! `H` in the requested structure (see the module docs of [`crate::laplace`]).
+
+use super::kron::{kron_eigs, BlockEig};
+use super::{HessianStructure, LaplaceError, LaplaceOptions, Likelihood};
+use crate::curvature::{Curvature, CurvatureOperator};
+use crate::dense::dense_curvature;
+use crate::kfac::{fit_kfac, FisherType, KfacApprox, KfacOptions};
+use crate::Problem;
+use curvops_linalg::algebra::ScaledOp;
+use curvops_linalg::eigen::{eigsh, EigshOptions, Which};
+use curvops_nn::data::Batch;
+use curvops_nn::layers::{Ctx, Linear};
+use curvops_nn::{ActiveSet, Network, Tape};
+use curvops_tensor::gemm::view;
+use curvops_tensor::{gemm, threads, Float, Trans};
+use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
+use faer::Accum;
+use faer::Mat;
+use std::sync::OnceLock;
+
+/// A group of posterior coordinates sharing one prior precision in a "layerwise" prior: one
+/// parameter tensor (its selected entries, for a subnetwork given by indices).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamGroup {
+    /// State-dict name of the tensor.
+    pub name: String,
+    /// Offset in the posterior vector.
+    pub offset: usize,
+    /// Number of coordinates.
+    pub len: usize,
+}
+
+/// One block of a KFAC curvature, in the order of the parameter groups.
+#[derive(Clone, Debug)]
+pub enum KronBlock<T: Float> {
+    /// A weight `[out, in]` flattened row-major: `H_W ≈ B ⊗ A` with `B` (`out × out`) the
+    /// gradient factor and `A` (`in × in`) the input factor.
+    Kron {
+        /// Gradient factor `B = s Σ_n Σ_r g_nr g_nrᵀ`.
+        b: Mat<T>,
+        /// Input factor `A = 1/N Σ_n a_n a_nᵀ`.
+        a: Mat<T>,
+    },
+    /// A dense block (a bias: `H_b = B`).
+    Dense(Mat<T>),
+}
+
+/// The curvature `H` (of the summed negative log-likelihood, before `h = 1/(σ²T)`).
+#[derive(Clone, Debug)]
+pub enum HessianApprox<T: Float> {
+    /// Dense `D × D`.
+    Full(Mat<T>),
+    /// The diagonal `[D]`.
+    Diag(Vec<T>),
+    /// KFAC blocks, one per parameter group.
+    Kron(Vec<KronBlock<T>>),
+    /// `U diag(λ) Uᵀ` with orthonormal `U` (`D × k`), `λ ≥ 0` descending.
+    LowRank {
+        /// Eigenvectors.
+        u: Mat<T>,
+        /// Eigenvalues.
+        lambda: Vec<T>,
+    },
+}
+
+/// A fitted Laplace approximation before choosing the prior: the MAP, the data-fit term and the
+/// curvature. [`super::Posterior`] adds a prior precision (and noise `σ`).
+#[derive(Debug)]
+pub struct LaplaceFit<T: Float> {
+    /// The likelihood (from the model's loss).
+    pub likelihood: Likelihood,
+    /// The structure of `H`.
+    pub structure: HessianStructure,
+    /// The curvature.
+    pub curvature: Curvature,
+    /// The parameter tensors of the posterior.
+    pub active: ActiveSet,
+    /// For a subnetwork given by indices: the sorted indices into the active tensors'
+    /// coordinates that form the posterior; `None` for whole tensors.
+    pub selection: Option<Vec<usize>>,
+    /// Prior groups (one per tensor), in state-dict order.
+    pub groups: Vec<ParamGroup>,
+    /// All parameters `θ*` (state-dict order), for predictions.
+    pub theta: Vec<T>,
+    /// The posterior mean `θ*` restricted to the posterior's coordinates.
+    pub mean: Vec<T>,
+    /// `Σ_n s·ℓ_n` on the training data (laplace-torch's `loss`): the summed cross-entropy for
+    /// classification, `½ Σ_n ‖f_n − y_n‖²` for regression.
+    pub loss: f64,
+    /// Training samples `N`.
+    pub n_data: usize,
+    /// Outputs `C`.
+    pub n_outputs: usize,
+    /// The curvature.
+    pub h: HessianApprox<T>,
+    pub(crate) kron_eig: OnceLock<Vec<BlockEig<T>>>,
+    pub(crate) full_eig: OnceLock<Result<FullEig<T>, String>>,
+    pub(crate) full_eigvals: OnceLock<Result<Vec<f64>, String>>,
+}
+
+/// Eigenvalues and eigenvectors of a full posterior precision's curvature.
+pub(crate) type FullEig<T> = (Vec<f64>, Mat<T>);
+
+impl<T: Float> LaplaceFit<T> {
+    /// Assembles a fit from its parts (used when loading a saved posterior).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        likelihood: Likelihood,
+        structure: HessianStructure,
+        curvature: Curvature,
+        active: ActiveSet,
+        selection: Option<Vec<usize>>,
+        groups: Vec<ParamGroup>,
+        theta: Vec<T>,
+        mean: Vec<T>,
+        loss: f64,
+        n_data: usize,
+        n_outputs: usize,
+        h: HessianApprox<T>,
+    ) -> Self {
+        Self {
+            likelihood,
+            structure,
+            curvature,
+            active,
+            selection,
+            groups,
+            theta,
+            mean,
+            loss,
+            n_data,
+            n_outputs,
+            h,
+            kron_eig: OnceLock::new(),
+            full_eig: OnceLock::new(),
+            full_eigvals: OnceLock::new(),
+        }
+    }
+
+    /// Number of posterior parameters `D`.
+    pub fn dim(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// Sizes of the prior groups.
+    pub fn group_sizes(&self) -> Vec<usize> {
+        self.groups.iter().map(|g| g.len).collect()
+    }
+
+    /// For each posterior coordinate, its index in the full parameter vector.
+    pub fn coords(&self, net: &Network<T>) -> Vec<usize> {
+        let mut full = Vec::with_capacity(self.active.dim);
+        for (e, _) in self.active.names(&net.layout) {
+            full.extend(e.offset..e.offset + e.len);
+        }
+        match &self.selection {
+            None => full,
+            Some(sel) => sel.iter().map(|&i| full[i]).collect(),
+        }
+    }
+
+    /// The eigendecompositions of the KFAC blocks (computed once).
+    pub(crate) fn kron_eigs(&self) -> Result<&[BlockEig<T>], LaplaceError> {
+        match &self.h {
+            HessianApprox::Kron(blocks) => Ok(self.kron_eig.get_or_init(|| kron_eigs(blocks))),
+            _ => Err(LaplaceError("not a KFAC Laplace approximation".into())),
+        }
+    }
+
+    /// The eigendecomposition `H = Q diag(λ) Qᵀ` of a full `H` (computed once; λ descending).
+    pub(crate) fn full_eigh(&self) -> Result<&(Vec<f64>, Mat<T>), LaplaceError> {
+        let HessianApprox::Full(h) = &self.h else {
+            return Err(LaplaceError("not a full Laplace approximation".into()));
+        };
+        self.full_eig
+            .get_or_init(|| {
+                let e = curvops_linalg::Eigh::from_dense(h.as_ref())
+                    .map_err(|e| format!("eigendecomposition of H: {e}"))?;
+                Ok((e.values.iter().map(|v| v.as_f64()).collect(), e.vectors))
+            })
+            .as_ref()
+            .map_err(|e| LaplaceError(e.clone()))
+    }
+
+    /// The eigenvalues of a full `H` (computed once, without eigenvectors).
+    pub(crate) fn full_eigenvalues(&self) -> Result<&[f64], LaplaceError> {
+        if let Some(Ok((v, _))) = self.full_eig.get() {
+            return Ok(v);
+        }
+        let HessianApprox::Full(h) = &self.h else {
+            return Err(LaplaceError("not a full Laplace approximation".into()));
+        };
+        self.full_eigvals
+            .get_or_init(|| {
+                let mut v: Vec<f64> = h
+                    .self_adjoint_eigenvalues(faer::Side::Lower)
+                    .map_err(|e| format!("eigenvalues of H: {e:?}"))?
+                    .iter()
+                    .map(|x| x.as_f64())
+                    .collect();
+                v.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+                Ok(v)
+            })
+            .as_ref()
+            .map(|v| v.as_slice())
+            .map_err(|e| LaplaceError(e.clone()))
+    }
+
+    /// The eigenvalues of `H` in each prior group, when the structure separates them (diag,
+    /// KFAC: per group; full and low rank: one group of all `D`, only for `single = true`).
+    /// For the low-rank structure the `D − k` zero eigenvalues are included.
+    pub fn spectrum(&self, single: bool) -> Result<Option<Vec<Vec<f64>>>, LaplaceError> {
+        let d = self.dim();
+        let per_group = |all: Vec<f64>| -> Vec<Vec<f64>> {
+            if single {
+                vec![all]
+            } else {
+                self.groups.iter().map(|g| all[g.offset..g.offset + g.len].to_vec()).collect()
+            }
+        };
+        let spec = self.spectrum_raw(single, &per_group, d)?;
+        // GGN-type curvatures are PSD: eigenvalues below 0 are round-off
+        Ok(match (spec, self.curvature) {
+            (Some(s), c) if c != Curvature::Hessian => {
+                Some(s.into_iter().map(|g| g.into_iter().map(|l| l.max(0.0)).collect()).collect())
+            }
+            (s, _) => s,
+        })
+    }
+
+    fn spectrum_raw(
+        &self,
+        single: bool,
+        per_group: &dyn Fn(Vec<f64>) -> Vec<Vec<f64>>,
+        d: usize,
+    ) -> Result<Option<Vec<Vec<f64>>>, LaplaceError> {
+        Ok(match &self.h {
+            HessianApprox::Diag(v) => Some(per_group(v.iter().map(|x| x.as_f64()).collect())),
+            HessianApprox::Kron(_) => {
+                let eigs = self.kron_eigs()?;
+                let lists: Vec<Vec<f64>> = eigs.iter().map(|e| e.eigenvalues()).collect();
+                if single {
+                    Some(vec![lists.concat()])
+                } else {
+                    Some(lists)
+                }
+            }
+            HessianApprox::Full(_) if single || self.groups.len() == 1 => Some(vec![self.full_eigenvalues()?.to_vec()]),
+            HessianApprox::LowRank { lambda, .. } if single || self.groups.len() == 1 => {
+                let mut v: Vec<f64> = lambda.iter().map(|x| x.as_f64()).collect();
+                v.resize(d, 0.0);
+                Some(vec![v])
+            }
+            _ => None,
+        })
+    }
+}
+
+/// The cotangents whose Gram matrix is the output-space curvature of `Σ_n ℓ_n`: `[n, R, C]`
+/// and `R` (GGN: the loss-Hessian factor; EF: the loss gradient; MC Fisher: sampled gradients
+/// over `√M`).
+pub(crate) fn output_factor<T: Float>(
+    net: &Network<T>,
+    kind: Curvature,
+    tape: &Tape<T>,
+    batch: &Batch<T>,
+) -> Result<(Vec<T>, usize), LaplaceError> {
+    let (f, n, c) = (tape.output(), batch.n, net.out_size());
+    Ok(match kind {
+        Curvature::Ggn => net.loss.hess_factor(f, batch.y, n, c),
+        Curvature::Ef => (net.loss.grad(f, batch.y, n, c), 1),
+        Curvature::FisherMc { samples, seed } => {
+            let mut g = net.loss.sampled_grads(f, n, c, seed, batch.start, samples);
+            curvops_tensor::ops::scale(T::of(1.0 / (samples as f64).sqrt()), &mut g);
+            (g, samples)
+        }
+        Curvature::Hessian => {
+            return Err(LaplaceError("the Hessian is only available with the full structure".into()));
+        }
+    })
+}
+
+/// The prior groups of an active set (and selection).
+fn make_groups<T: Float>(net: &Network<T>, active: &ActiveSet, selection: Option<&[usize]>) -> Vec<ParamGroup> {
+    let mut groups = Vec::new();
+    let mut offset = 0;
+    for (e, so) in active.names(&net.layout) {
+        let len = match selection {
+            None => e.len,
+            Some(sel) => sel.iter().filter(|&&i| i >= so && i < so + e.len).count(),
+        };
+        if len > 0 {
+            groups.push(ParamGroup { name: e.name.clone(), offset, len });
+            offset += len;
+        }
+    }
+    groups
+}
+
+/// Fits the Laplace approximation of `problem` over the `active` parameter tensors (and, for a
+/// subnetwork given by indices, only the coordinates `selection` of the active vector, sorted):
+/// computes `Σ_n s·ℓ_n` and `H` in one pass over the data. `progress(done, total)` reports
+/// batches.
+pub fn fit<T: Float>(
+    problem: &Problem<T>,
+    active: ActiveSet,
+    selection: Option<Vec<usize>>,
+    opts: &LaplaceOptions,
+    progress: &dyn Fn(usize, usize),
+) -> Result<LaplaceFit<T>, LaplaceError> {
+    let net = &problem.net;
+    let likelihood = Likelihood::of(net.loss.kind);
+    let s = likelihood.scale();
+    if let Some(sel) = &selection {
+        if sel.is_empty() {
+            return Err(LaplaceError("the subnetwork index set is empty".into()));
+        }
+        if sel.windows(2).any(|w| w[0] >= w[1]) || *sel.last().unwrap() >= active.dim {
+            return Err(LaplaceError(format!(
+                "subnetwork indices must be sorted, distinct and below {} (the size of the selected tensors)",
+                active.dim
+            )));
+        }
+        if !matches!(opts.structure, HessianStructure::Full | HessianStructure::Diag) {
+            return Err(LaplaceError("a subnetwork given by indices supports the full and diag structures".into()));
+        }
+    }
+    if opts.curvature == Curvature::Hessian && opts.structure != HessianStructure::Full {
+        return Err(LaplaceError("the Hessian is only available with the full structure".into()));
+    }
+    let groups = make_groups(net, &active, selection.as_deref());
+    let full_mean = active.gather(&net.layout, &problem.theta);
+    let mean = match &selection {
+        None => full_mean,
+        Some(sel) => sel.iter().map(|&i| full_mean[i]).collect(),
+    };
+    let loss = s * summed_loss(problem, opts.batch_size);
+    let h = match opts.structure {
+        HessianStructure::Full => HessianApprox::Full(full(problem, &active, selection.as_deref(), opts, s, progress)?),
+        HessianStructure::Diag => {
+            let d = diagonal(problem, &active, opts, s, progress)?;
+            HessianApprox::Diag(match &selection {
+                None => d,
+                Some(sel) => sel.iter().map(|&i| d[i]).collect(),
+            })
+        }
+        HessianStructure::Kron => HessianApprox::Kron(kfac(problem, &active, opts, s)?),
+        HessianStructure::LowRank { rank } => low_rank(problem, &active, opts, s, rank)?,
+    };
+    Ok(LaplaceFit::from_parts(
+        likelihood,
+        opts.structure,
+        opts.curvature,
+        active,
+        selection,
+        groups,
+        problem.theta.clone(),
+        mean,
+        loss,
+        problem.data.n,
+        net.out_size(),
+        h,
+    ))
+}
+
+/// `Σ_n ℓ_n` over the data set (forward passes only).
+fn summed_loss<T: Float>(p: &Problem<T>, batch_size: usize) -> f64 {
+    let (net, c) = (&p.net, p.net.out_size());
+    p.data
+        .batches(batch_size)
+        .iter()
+        .map(|b| {
+            let f = net.predict(&p.theta, b.x, b.n);
+            net.loss.values(&f, b.y, b.n, c).iter().map(|v| v.as_f64()).sum::<f64>()
+        })
+        .sum()
+}
+
+/// Dense `H` from per-sample factor rows (`s Σ_b V_bᵀ V_b`) or, for the Hessian, unit vectors.
+fn full<T: Float>(
+    p: &Problem<T>,
+    active: &ActiveSet,
+    selection: Option<&[usize]>,
+    opts: &LaplaceOptions,
+    s: f64,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Mat<T>, LaplaceError> {
+    let net = &p.net;
+    let ds = active.dim;
+    let d = selection.map_or(ds, <[usize]>::len);
+    if opts.curvature == Curvature::Hessian {
+        let op = CurvatureOperator::new(p, Curvature::Hessian, active.clone(), opts.batch_size);
+        let full = dense_curvature(&op, progress);
+        let scale = s / op.reduction_factor().as_f64();
+        return Ok(match selection {
+            None => Mat::from_fn(d, d, |i, j| T::of(scale) * T::of(0.5) * (full[i * ds + j] + full[j * ds + i])),
+            Some(sel) => Mat::from_fn(d, d, |i, j| {
+                T::of(scale) * T::of(0.5) * (full[sel[i] * ds + sel[j]] + full[sel[j] * ds + sel[i]])
+            }),
+        });
+    }
+    let mut m = Mat::<T>::zeros(d, d);
+    let batches = p.data.batches(opts.batch_size);
+    for (bi, batch) in batches.iter().enumerate() {
+        let tape = net.forward(&p.theta, batch.x, batch.n);
+        let (cot, r) = output_factor(net, opts.curvature, &tape, batch)?;
+        let mut rows = vec![T::zero(); batch.n * r * ds];
+        net.vjp_per_sample(&p.theta, &tape, cot, r, active, &mut rows);
+        let rows = match selection {
+            None => rows,
+            Some(sel) => rows.chunks_exact(ds).flat_map(|row| sel.iter().map(move |&i| row[i])).collect(),
+        };
+        // lower triangle of s·VᵀV (a symmetric rank-(n·R) update: half a GEMM)
+        let v = view(&rows, batch.n * r, d, d, Trans::N);
+        tri_matmul(
+            m.as_mut(),
+            BlockStructure::TriangularLower,
+            Accum::Add,
+            v.transpose(),
+            BlockStructure::Rectangular,
+            v,
+            BlockStructure::Rectangular,
+            T::of(s),
+            threads::par(),
+        );
+        progress(bi + 1, batches.len());
+    }
+    for j in 0..d {
+        for i in 0..j {
+            m[(i, j)] = m[(j, i)];
+        }
+    }
+    Ok(m)
+}
+
+/// Per batch: the forward tape, the output factor, and the cotangents at every layer output
+/// from the first active layer on.
+struct Backprop<T> {
+    tape: Tape<T>,
+    cots: Vec<Option<Vec<T>>>,
+    r: usize,
+}
+
+fn backprop<T: Float>(
+    p: &Problem<T>,
+    active: &ActiveSet,
+    kind: Curvature,
+    batch: &Batch<T>,
+) -> Result<Backprop<T>, LaplaceError> {
+    let net = &p.net;
+    let tape = net.forward(&p.theta, batch.x, batch.n);
+    let (cot, r) = output_factor(net, kind, &tape, batch)?;
+    let cots = net.backward_cotangents(&p.theta, &tape, cot, r, active.first_layer);
+    Ok(Backprop { tape, cots, r })
+}
+
+/// The layer's active entries as `(entry index, offset in the subset vector)`.
+fn layer_active(net_layout: &curvops_nn::ParamLayout, active: &ActiveSet, l: usize) -> Vec<(usize, usize)> {
+    net_layout.layer_entries[l].clone().filter_map(|i| active.sub_offset[i].map(|o| (i, o))).collect()
+}
+
+/// The exact diagonal of `H` over the active tensors: per linear layer
+/// `diag H_W[o, i] = s Σ_n (Σ_r g_nro²) a_ni²`, `diag H_b[o] = s Σ_n Σ_r g_nro²` (one GEMM);
+/// other layers from their per-sample parameter gradients.
+fn diagonal<T: Float>(
+    p: &Problem<T>,
+    active: &ActiveSet,
+    opts: &LaplaceOptions,
+    s: f64,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Vec<T>, LaplaceError> {
+    let net = &p.net;
+    let mut diag = vec![T::zero(); active.dim];
+    let batches = p.data.batches(opts.batch_size);
+    for (bi, batch) in batches.iter().enumerate() {
+        let bp = backprop(p, active, opts.curvature, batch)?;
+        let (n, r) = (batch.n, bp.r);
+        for (l, layer) in net.layers.iter().enumerate() {
+            if !active.layer_active[l] {
+                continue;
+            }
+            let entries = layer_active(&net.layout, active, l);
+            let g = bp.cots[l + 1].as_ref().expect("cotangent of an active layer");
+            let out = layer.out_size();
+            if layer.as_any().downcast_ref::<Linear>().is_some() {
+                let a = &bp.tape.acts[l];
+                let inp = layer.in_size();
+                let mut g2 = vec![T::zero(); n * out];
+                for i in 0..n {
+                    for rr in 0..r {
+                        let row = &g[(i * r + rr) * out..(i * r + rr + 1) * out];
+                        for (acc, &v) in g2[i * out..(i + 1) * out].iter_mut().zip(row) {
+                            *acc += v * v;
+                        }
+                    }
+                }
+                for (ei, so) in entries {
+                    let e = &net.layout.entries[ei];
+                    if e.name.ends_with(".weight") {
+                        let a2: Vec<T> = a.iter().map(|&v| v * v).collect();
+                        let dst = &mut diag[so..so + e.len];
+                        gemm(out, inp, n, T::one(), &g2, out, Trans::T, &a2, inp, Trans::N, T::one(), dst, inp);
+                    } else {
+                        for i in 0..n {
+                            for (d, &v) in diag[so..so + out].iter_mut().zip(&g2[i * out..(i + 1) * out]) {
+                                *d += v;
+                            }
+                        }
+                    }
+                }
+            } else {
+                let ctx = Ctx {
+                    p: net.params_of(l, &p.theta),
+                    x: &bp.tape.acts[l],
+                    y: &bp.tape.acts[l + 1],
+                    aux: &bp.tape.aux[l],
+                    n,
+                };
+                let range = net.layout.layer_entries[l].clone();
+                let mut bufs: Vec<Option<Vec<T>>> = range
+                    .clone()
+                    .map(|i| active.sub_offset[i].map(|_| vec![T::zero(); n * r * net.layout.entries[i].len]))
+                    .collect();
+                {
+                    let mut views: Vec<Option<&mut [T]>> = bufs.iter_mut().map(|b| b.as_deref_mut()).collect();
+                    layer.vjp_param_per_sample(&ctx, g, r, &mut views);
+                }
+                for (i, b) in range.zip(bufs) {
+                    if let (Some(so), Some(b)) = (active.sub_offset[i], b) {
+                        let len = net.layout.entries[i].len;
+                        for row in b.chunks_exact(len) {
+                            for (d, &v) in diag[so..so + len].iter_mut().zip(row) {
+                                *d += v * v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        progress(bi + 1, batches.len());
+    }
+    curvops_tensor::ops::scale(T::of(s), &mut diag);
+    Ok(diag)
+}
+
+/// KFAC factors of the active layers from [`crate::kfac::fit_kfac`] (curvlinops' conventions:
+/// type-2 for the GGN, empirical for the EF, MC for the MC Fisher; `expand`; weight and bias
+/// separately). That fit's gradient factor carries the reduction factor `c` of `L = c Σ_n ℓ_n`;
+/// the summed negative log-likelihood needs `B_sum = s/c · B`.
+fn kfac<T: Float>(
+    p: &Problem<T>,
+    active: &ActiveSet,
+    opts: &LaplaceOptions,
+    s: f64,
+) -> Result<Vec<KronBlock<T>>, LaplaceError> {
+    let fisher = match opts.curvature {
+        Curvature::Ggn => FisherType::Type2,
+        Curvature::Ef => FisherType::Empirical,
+        Curvature::FisherMc { samples, seed } => FisherType::Mc { samples, seed },
+        Curvature::Hessian => {
+            return Err(LaplaceError("the Hessian is only available with the full structure".into()));
+        }
+    };
+    let kopts = KfacOptions { fisher, approx: KfacApprox::Expand, joint_bias: false, batch_size: opts.batch_size };
+    let factors = fit_kfac(p, active, &kopts).map_err(|e| LaplaceError(format!("KFAC: {e}")))?;
+    let c = p.net.loss.factor(p.data.n, p.net.out_size());
+    let scale = T::of(s / c);
+    let mut blocks = Vec::new();
+    for lf in &factors.layers {
+        let b = Mat::from_fn(lf.b.nrows(), lf.b.ncols(), |i, j| scale * lf.b[(i, j)]);
+        if lf.weight.is_some() {
+            let a = lf.a.clone().ok_or_else(|| LaplaceError("KFAC: a weight without input factor".into()))?;
+            blocks.push(KronBlock::Kron { b: b.clone(), a });
+        }
+        if lf.bias.is_some() {
+            blocks.push(KronBlock::Dense(b));
+        }
+    }
+    Ok(blocks)
+}
+
+/// The top-`rank` eigenpairs of `H` (Lanczos on `s/c ·` the curvature operator).
+fn low_rank<T: Float>(
+    p: &Problem<T>,
+    active: &ActiveSet,
+    opts: &LaplaceOptions,
+    s: f64,
+    rank: usize,
+) -> Result<HessianApprox<T>, LaplaceError> {
+    if rank == 0 || rank > active.dim {
+        return Err(LaplaceError(format!("--rank {rank} must be between 1 and D = {}", active.dim)));
+    }
+    let op = CurvatureOperator::new(p, opts.curvature, active.clone(), opts.batch_size).with_cache(1 << 30);
+    let scale = s / op.reduction_factor().as_f64();
+    let scaled = ScaledOp::new(op, T::of(scale));
+    let eopts = EigshOptions { tol: opts.lanczos_tol, seed: opts.seed, ..Default::default() };
+    let res = eigsh(&scaled, rank, Which::Largest, &eopts).map_err(|e| LaplaceError(format!("Lanczos: {e}")))?;
+    let lambda = res.values.iter().map(|&v| if v > T::zero() { v } else { T::zero() }).collect();
+    Ok(HessianApprox::LowRank { u: res.vectors, lambda })
+}
