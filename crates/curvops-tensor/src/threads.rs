@@ -74,6 +74,27 @@ pub fn for_each_item<T: Send>(out: &mut [T], item_len: usize, f: impl Fn(usize, 
     }
 }
 
+/// As [`for_each_item`], with scratch state `S` made by `init` once per worker (not per item):
+/// `f(&mut state, i, item)`. The state must not carry results from one item to the next.
+pub fn for_each_item_with<T: Send, S>(
+    out: &mut [T],
+    item_len: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [T]) + Sync + Send,
+) {
+    if item_len == 0 {
+        return;
+    }
+    if threads() > 1 && out.len() > item_len && !IN_PARALLEL.with(Cell::get) {
+        out.par_chunks_mut(item_len).enumerate().for_each_init(&init, |st, (i, c)| in_parallel(|| f(st, i, c)));
+    } else {
+        let mut st = init();
+        for (i, c) in out.chunks_mut(item_len).enumerate() {
+            f(&mut st, i, c);
+        }
+    }
+}
+
 /// Items per chunk of [`sum_over_chunks`]: fixed, so that the summation order (and the result)
 /// is the same for every thread count.
 pub const REDUCE_CHUNK: usize = 8;

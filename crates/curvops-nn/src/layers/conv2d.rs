@@ -14,7 +14,7 @@
 
 use super::{Aux, Ctx, Layer, ParamIn, ParamOut, ParamSpec};
 use curvops_tensor::conv::Geom2d;
-use curvops_tensor::threads::{for_each_item, sum_over_chunks};
+use curvops_tensor::threads::{for_each_item, for_each_item_with, sum_over_chunks};
 use curvops_tensor::{gemm, Float, Trans};
 
 /// A 2-d convolution.
@@ -223,11 +223,16 @@ impl<T: Float> Layer<T> for Conv2d {
         let cs = self.geom.col_rows() * self.geom.out_len();
         let mut dy = vec![T::zero(); c.n * k * os];
         let w = &c.p[..self.wlen()];
-        for_each_item(&mut dy, os, |m, out| {
-            let mut cols = vec![T::zero(); cs];
-            self.geom.im2col(&dx[m * is..(m + 1) * is], &mut cols);
-            self.weight_times_cols(w, 1, &cols, out, T::zero());
-        });
+        for_each_item_with(
+            &mut dy,
+            os,
+            || vec![T::zero(); cs],
+            |cols, m, out| {
+                // im2col writes every entry
+                self.geom.im2col(&dx[m * is..(m + 1) * is], cols);
+                self.weight_times_cols(w, 1, cols, out, T::zero());
+            },
+        );
         dy
     }
 
@@ -261,11 +266,16 @@ impl<T: Float> Layer<T> for Conv2d {
         let cs = self.geom.col_rows() * self.geom.out_len();
         let mut gx = vec![T::zero(); c.n * k * is];
         let w = &c.p[..self.wlen()];
-        for_each_item(&mut gx, is, |m, out| {
-            let mut dcols = vec![T::zero(); cs];
-            self.weight_t_times(w, &g[m * os..(m + 1) * os], &mut dcols);
-            self.geom.col2im_add(&dcols, out);
-        });
+        for_each_item_with(
+            &mut gx,
+            is,
+            || vec![T::zero(); cs],
+            |dcols, m, out| {
+                // overwritten by the GEMM (β = 0)
+                self.weight_t_times(w, &g[m * os..(m + 1) * os], dcols);
+                self.geom.col2im_add(dcols, out);
+            },
+        );
         gx
     }
 
@@ -353,12 +363,17 @@ impl<T: Float> Layer<T> for Conv2d {
         }
         let mut rgx = self.vjp_input(c, rg, k);
         if let Some(dw) = dp[0] {
-            for_each_item(&mut rgx, is, |m, out| {
-                let (s, kk) = (m / k, m % k);
-                let mut tmp = vec![T::zero(); cs];
-                self.weight_t_times(&dw[kk * wl..(kk + 1) * wl], &g[s * os..(s + 1) * os], &mut tmp);
-                self.geom.col2im_add(&tmp, out);
-            });
+            for_each_item_with(
+                &mut rgx,
+                is,
+                || vec![T::zero(); cs],
+                |tmp, m, out| {
+                    let (s, kk) = (m / k, m % k);
+                    // overwritten by the GEMM (β = 0)
+                    self.weight_t_times(&dw[kk * wl..(kk + 1) * wl], &g[s * os..(s + 1) * os], tmp);
+                    self.geom.col2im_add(tmp, out);
+                },
+            );
         }
         Some(rgx)
     }

@@ -319,7 +319,8 @@ struct RowGram<T: Float> {
     keep_below: usize,
     gram: Mat<T>,
     buf: Vec<T>,
-    sum: Vec<T>,
+    /// `Σ r`, accumulated only when asked for (the joint-bias input factor needs it).
+    sum: Option<Vec<T>>,
     count: usize,
     flushed: bool,
 }
@@ -327,13 +328,13 @@ struct RowGram<T: Float> {
 impl<T: Float> RowGram<T> {
     /// A Gram matrix of rows of length `d` whose rows are kept as a factor `U` (`Σ r rᵀ = UᵀU`)
     /// when there are fewer than `keep_below` of them.
-    fn new(d: usize, keep_below: usize) -> Self {
+    fn new(d: usize, keep_below: usize, want_sum: bool) -> Self {
         Self {
             d,
             keep_below,
             gram: Mat::zeros(d, d),
             buf: Vec::new(),
-            sum: vec![T::zero(); d],
+            sum: want_sum.then(|| vec![T::zero(); d]),
             count: 0,
             flushed: false,
         }
@@ -349,6 +350,21 @@ impl<T: Float> RowGram<T> {
     }
     /// Appends the `k` columns of a row-major `[d, k]` matrix as rows.
     fn push_cols(&mut self, m: &[T], k: usize) {
+        if self.flushed || self.count + k >= self.keep_below {
+            // the rows will not be kept: add `M Mᵀ` directly (one GEMM on the given layout,
+            // no transposition into the buffer)
+            self.flush();
+            let d = self.d;
+            gram_lower_acc(&mut self.gram, m, k, d, k, Trans::T, T::one());
+            if let Some(sum) = self.sum.as_mut() {
+                for (s, row) in sum.iter_mut().zip(m.chunks_exact(k)) {
+                    *s += row_sum(row);
+                }
+            }
+            self.count += k;
+            self.flushed = true;
+            return;
+        }
         let (d, start) = (self.d, self.buf.len());
         self.buf.resize(start + k * d, T::zero());
         let dst = &mut self.buf[start..];
@@ -369,9 +385,11 @@ impl<T: Float> RowGram<T> {
         let k = self.buf.len() / self.d.max(1);
         if k > 0 {
             gram_lower_acc(&mut self.gram, &self.buf, k, self.d, self.d, Trans::N, T::one());
-            for row in self.buf.chunks_exact(self.d) {
-                for (s, v) in self.sum.iter_mut().zip(row) {
-                    *s += *v;
+            if let Some(sum) = self.sum.as_mut() {
+                for row in self.buf.chunks_exact(self.d) {
+                    for (s, v) in sum.iter_mut().zip(row) {
+                        *s += *v;
+                    }
                 }
             }
             self.buf.clear();
@@ -383,8 +401,26 @@ impl<T: Float> RowGram<T> {
         let keep = (!self.flushed && self.count < self.keep_below).then(|| self.buf.clone());
         self.flush();
         symmetrize_lower(&mut self.gram);
-        (self.gram, self.sum, self.count, keep)
+        let sum = self.sum.take().unwrap_or_default();
+        (self.gram, sum, self.count, keep)
     }
+}
+
+/// `Σ_i x_i` with eight independent partial sums (vectorizable; a fixed order, so the result
+/// does not depend on anything but the input).
+fn row_sum<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += *v;
+        }
+    }
+    let mut s = chunks.remainder().iter().fold(T::zero(), |a, v| a + *v);
+    for a in acc {
+        s += a;
+    }
+    s
 }
 
 /// Row count below which a right factor `A = UᵀU` (`n × n`, acting on `[m, n]` matrices) is
@@ -452,9 +488,11 @@ pub fn fit_kfac<T: Float>(p: &Problem<T>, active: &ActiveSet, opts: &KfacOptions
         return Err(KfacError::Unsupported("KFAC with --fisher mc needs --mc-samples ≥ 1".into()));
     }
     let plans = plan_layers(p, active, opts.joint_bias)?;
-    let mut a_stats: Vec<Option<RowGram<T>>> =
-        plans.iter().map(|pl| pl.weight.as_ref().map(|_| RowGram::new(pl.inp, keep_right(pl.inp, pl.out)))).collect();
-    let mut b_stats: Vec<RowGram<T>> = plans.iter().map(|pl| RowGram::new(pl.out, pl.out / 2)).collect();
+    let mut a_stats: Vec<Option<RowGram<T>>> = plans
+        .iter()
+        .map(|pl| pl.weight.as_ref().map(|_| RowGram::new(pl.inp, keep_right(pl.inp, pl.out), pl.joint)))
+        .collect();
+    let mut b_stats: Vec<RowGram<T>> = plans.iter().map(|pl| RowGram::new(pl.out, pl.out / 2, false)).collect();
     let approx = opts.approx;
     let a_ptr = &mut a_stats;
     let b_ptr = &mut b_stats;
