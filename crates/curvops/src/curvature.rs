@@ -188,6 +188,10 @@ pub fn factor_product<T: Float>(f: &[T], r: usize, w: &[T], n: usize, k: usize, 
     u
 }
 
+/// Largest block (`K·D` entries) that [`CurvatureOperator`]'s `LinearOperator::apply` hands to
+/// one [`CurvatureOperator::apply_block`] call (4 Mi entries: 16 MiB in f32).
+pub const MAX_BLOCK_ELEMS: usize = 1 << 22;
+
 impl<T: Float> LinearOperator<T> for CurvatureOperator<'_, T> {
     fn nrows(&self) -> usize {
         self.active.dim
@@ -204,10 +208,19 @@ impl<T: Float> LinearOperator<T> for CurvatureOperator<'_, T> {
     fn describe(&self) -> String {
         format!("{} (D={})", self.kind.name(), self.active.dim)
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
-        let k = rhs.ncols();
-        let v = block_to_vec(rhs);
-        let r = self.apply_block(&v, k);
-        vec_to_block(&r, out);
+    /// Applies to the columns in chunks of at most [`MAX_BLOCK_ELEMS`]` / D` columns (at least
+    /// one): each chunk is one pass over the data with one GEMM per layer, and its `[K, D]`
+    /// buffers stay small enough to be reused by the allocator instead of mapped afresh.
+    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+        let (d, k) = (rhs.nrows(), rhs.ncols());
+        let chunk = (MAX_BLOCK_ELEMS / d.max(1)).clamp(1, k.max(1));
+        let mut j = 0;
+        while j < k {
+            let kc = chunk.min(k - j);
+            let v = block_to_vec(rhs.subcols(j, kc));
+            let r = self.apply_block(&v, kc);
+            vec_to_block(&r, out.as_mut().subcols_mut(j, kc));
+            j += kc;
+        }
     }
 }

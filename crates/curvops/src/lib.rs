@@ -31,6 +31,7 @@ pub mod kfac;
 pub mod laplace;
 pub mod metrics;
 pub mod optim;
+pub mod vivit;
 
 pub use curvature::{Curvature, CurvatureOperator};
 pub use curvops_linalg::{LinearOperator, Structure};
@@ -48,8 +49,9 @@ pub fn block_to_vec<T: Float>(m: MatRef<'_, T>) -> Vec<T> {
     let mut v = Vec::with_capacity(d * k);
     for j in 0..k {
         let col = m.col(j);
-        for i in 0..d {
-            v.push(col[i]);
+        match col.try_as_col_major() {
+            Some(c) => v.extend_from_slice(c.as_slice()),
+            None => v.extend((0..d).map(|i| col[i])),
         }
     }
     v
@@ -60,9 +62,15 @@ pub fn vec_to_block<T: Float>(v: &[T], mut out: faer::MatMut<'_, T>) {
     let (d, k) = (out.nrows(), out.ncols());
     debug_assert_eq!(v.len(), d * k);
     for j in 0..k {
+        let src = &v[j * d..(j + 1) * d];
         let mut col = out.as_mut().col_mut(j);
-        for i in 0..d {
-            col[i] = v[j * d + i];
+        match col.as_mut().try_as_col_major_mut() {
+            Some(c) => c.as_slice_mut().copy_from_slice(src),
+            None => {
+                for i in 0..d {
+                    col[i] = src[i];
+                }
+            }
         }
     }
 }

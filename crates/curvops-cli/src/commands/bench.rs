@@ -169,6 +169,19 @@ fn bench_one<T: Float>(dir: &Path, reps: usize, threads: usize, json: bool, only
             }),
         ),
     ];
+    // Hutchinson's trace estimate of the GGN with 100 Rademacher probes (blocks of 64 columns)
+    // on a fresh operator that caches its forward pass: compare with 100 × `ggn_vp`. Only when
+    // asked for by name (`--ops hutchinson100`): it takes 100 products per repetition.
+    if only.is_some_and(|o| o.iter().any(|x| x == "hutchinson100")) {
+        ops.push((
+            "hutchinson100",
+            Box::new(|| {
+                let op = CurvatureOperator::new(&p, Curvature::Ggn, all.clone(), 0).with_cache(usize::MAX);
+                let o = curvops_linalg::estimators::EstimatorOptions::default();
+                let _ = std::hint::black_box(curvops_linalg::estimators::trace_hutchinson(&op, 100, &o));
+            }),
+        ));
+    }
     // KFAC (type-2, expand, separate weight and bias; curvlinops' KFACLinearOperator): fitting
     // the factors (a data pass), and one matvec with fitted factors. Skipped on problems with
     // parameters KFAC does not support.

@@ -89,7 +89,9 @@ pub(crate) fn for_probe_blocks<T: Float, O: LinearOperator<T> + ?Sized>(
     mut f: impl FnMut(&Mat<T>, &Mat<T>, usize),
 ) {
     let n = op.ncols();
-    let bs = opts.block_size.max(1);
+    // at most 4 Mi entries per block, so that probe and image buffers stay small enough for the
+    // allocator to reuse them (the probes themselves do not depend on the block size)
+    let bs = opts.block_size.max(1).min(((1usize << 22) / n.max(1)).max(1));
     let mut start = 0;
     while start < count {
         let b = bs.min(count - start);
