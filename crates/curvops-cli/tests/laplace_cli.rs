@@ -280,3 +280,157 @@ fn bad_flags_are_one_line_errors() {
     assert_eq!(code, 1);
     assert!(err.contains("--val-data"), "{err}");
 }
+
+#[test]
+fn data_formats_give_the_same_posterior() {
+    // testdata/laplace/formats: the first 100 training rows as .npz, .npy (+ labels), CSV and IDX
+    let (m, w) = (fixture("model.json"), fixture("trained.safetensors"));
+    let dir = tmp("formats");
+    let out = dir.join("p.safetensors").display().to_string();
+    let lml = |data: &[&str]| {
+        let mut args = vec![
+            "laplace",
+            "fit",
+            "--model",
+            &m,
+            "--weights",
+            &w,
+            "--structure",
+            "diag",
+            "--prior-precision",
+            "1",
+            "--out",
+            &out,
+            "--json",
+            "--data",
+        ];
+        args.extend_from_slice(data);
+        let o = ok_json(&args);
+        assert_eq!(o["N"], 100, "{data:?}");
+        o["log_marginal_likelihood"].as_f64().unwrap()
+    };
+    let want = lml(&[&format!("{}@:100", fixture("train.safetensors"))]);
+    let (npy, labels) = (fixture("formats/x100.npy"), fixture("formats/y100.npy"));
+    for data in [
+        vec![fixture("formats/digits100.npz")],
+        vec![npy, "--labels".into(), labels],
+        vec![
+            fixture("formats/digits100.csv"),
+            "--label-column".into(),
+            "digit".into(),
+            "--x-scale".into(),
+            "16".into(),
+        ],
+        vec![fixture("formats/digits100-images-idx3-ubyte.gz"), "--x-scale".into(), "16".into()],
+    ] {
+        let args: Vec<&str> = data.iter().map(String::as_str).collect();
+        assert_eq!(lml(&args), want, "{data:?}");
+    }
+    // splits: the same permutation for every spec of a file, so the parts are disjoint
+    let csv = fixture("formats/digits100.csv");
+    let part = |s: &str| {
+        let o = ok_json(&[
+            "laplace",
+            "fit",
+            "--model",
+            &m,
+            "--weights",
+            &w,
+            "--data",
+            &format!("{csv}@{s}"),
+            "--label-column",
+            "0",
+            "--x-scale",
+            "16",
+            "--permute-seed",
+            "3",
+            "--structure",
+            "diag",
+            "--prior-precision",
+            "1",
+            "--out",
+            &out,
+            "--json",
+        ]);
+        (o["N"].as_u64().unwrap(), o["log_likelihood"].as_f64().unwrap())
+    };
+    let (a, b, all) = (part(":0.7"), part("0.7:"), part(":"));
+    assert_eq!((a.0, b.0, all.0), (70, 30, 100));
+    assert!((a.1 + b.1 - all.1).abs() < 1e-9 * all.1.abs());
+    // a CSV whose default label column (the last) is not a class: a clear one-line error
+    let (code, _, err) = run(&[
+        "laplace",
+        "fit",
+        "--model",
+        &m,
+        "--weights",
+        &w,
+        "--data",
+        &csv,
+        "--prior-precision",
+        "1",
+        "--out",
+        &out,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.lines().count() == 1 && err.contains("digits100.csv") && err.contains("label"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn evaluate_reports_shift_ood_grid_and_reliability() {
+    let dir = tmp("extras");
+    let svg = dir.join("rel.svg").display().to_string();
+    let (t, d) = (fixture("test.safetensors"), fixture("train.safetensors"));
+    let o = evaluate(
+        "full",
+        "last-layer",
+        &[
+            "--prior",
+            "gridsearch",
+            "--val-data",
+            &format!("{d}@1000:"),
+            "--grid",
+            "-2,2,9",
+            "--shift-noise",
+            "0.3",
+            "--ood-data",
+            &format!("{t}@:100"),
+            "--reliability",
+            &svg,
+        ],
+    );
+    let grid = o["grid"].as_array().unwrap();
+    assert_eq!(grid.len(), 9);
+    let best = grid.iter().min_by(|a, b| a[1].as_f64().unwrap().total_cmp(&b[1].as_f64().unwrap())).unwrap();
+    assert_eq!(o["prior_precision"], best[0]);
+    assert_eq!(o["prior_method"], "gridsearch");
+    for k in ["map", "laplace"] {
+        let s = &o["shifted"][k];
+        assert!(s["nll"].as_f64().unwrap() > o[k]["nll"].as_f64().unwrap(), "noise makes {k} worse");
+        let auroc = o["ood_auroc"][k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auroc), "{auroc}");
+        assert!(o[k]["brier"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(o["shifted"]["noise_std"], 0.3);
+    let s = std::fs::read_to_string(&svg).unwrap();
+    assert!(s.starts_with("<svg") && s.contains("Laplace"), "{}", &s[..s.len().min(200)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_reports_calibration_before_and_after() {
+    let d = ok_json(&["demo", "--json"]);
+    for k in
+        ["test_map", "shifted_map", "test_laplace_full_all", "shifted_laplace_kfac_all", "test_laplace_full_last_layer"]
+    {
+        for m in ["accuracy", "nll", "brier", "ece"] {
+            let v = d[k][m].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v >= 0.0, "{k}.{m} = {v}");
+        }
+    }
+    // the Laplace predictive is far less overconfident than the MAP away from the data
+    let (map, la) = (d["shifted_map"]["nll"].as_f64().unwrap(), d["shifted_laplace_full_all"]["nll"].as_f64().unwrap());
+    assert!(la < map, "shifted NLL: Laplace {la} vs MAP {map}");
+    assert!(d["laplace_prior_precision"]["full_all"].as_f64().unwrap() > 0.0);
+}

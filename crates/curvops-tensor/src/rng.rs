@@ -116,10 +116,15 @@ impl Rng {
         }
     }
 
-    /// Fills `x` with Rademacher signs.
+    /// Fills `x` with Rademacher signs: one 64-bit draw gives the signs of 64 consecutive
+    /// entries (bit `i` of the draw for entry `i` of the chunk; 0 → +1, 1 → −1).
     pub fn fill_rademacher<T: Float>(&mut self, x: &mut [T]) {
-        for v in x {
-            *v = T::of(self.rademacher());
+        let (one, minus) = (T::one(), -T::one());
+        for chunk in x.chunks_mut(64) {
+            let bits = self.next_u64();
+            for (i, v) in chunk.iter_mut().enumerate() {
+                *v = if (bits >> i) & 1 == 0 { one } else { minus };
+            }
         }
     }
 

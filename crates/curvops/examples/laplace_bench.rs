@@ -4,8 +4,8 @@
 //! eigendecompositions, as laplace-torch's `fit` does), `lastlayer_full_fit` (dense last-layer GGN) and `lastlayer_full_chol`
 //! (its posterior Cholesky), and the probit predictive on the data (`*_predict`).
 //!
-//! `cargo run --release -p curvops --example laplace_bench -- DIR [reps] [threads] [f32|f64]`
-//! prints one JSON object per line.
+//! `cargo run --release -p curvops --example laplace_bench -- DIR [reps] [threads] [f32|f64] [fit]`
+//! prints one JSON object per line; a fifth argument `fit` skips the predictive timings.
 
 use curvops::gradient::loss_and_grad;
 use curvops::laplace::{self, HessianStructure, LaplaceOptions, Link, Posterior, PriorPrecision};
@@ -28,7 +28,7 @@ fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
     ts[ts.len() / 2]
 }
 
-fn run<T: Float>(dir: &Path, reps: usize, threads: usize) {
+fn run<T: Float>(dir: &Path, reps: usize, threads: usize, predict: bool) {
     let p: Problem<T> =
         load_problem(&dir.join("model.json"), &dir.join("weights.safetensors"), &dir.join("data.safetensors")).unwrap();
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -65,6 +65,9 @@ fn run<T: Float>(dir: &Path, reps: usize, threads: usize) {
         median_ms(reps, || drop(Posterior::new(&f, PriorPrecision::Scalar(1.0), 1.0, 1.0).unwrap())),
         g,
     );
+    if !predict {
+        return;
+    }
     for (op, s, a) in [
         ("diag_predict", HessianStructure::Diag, &all),
         ("kfac_predict", HessianStructure::Kron, &all),
@@ -85,8 +88,9 @@ fn main() {
     let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
     let threads: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
     curvops_tensor::threads::set_threads(threads);
+    let predict = args.get(5).map(String::as_str) != Some("fit");
     match args.get(4).map(String::as_str).unwrap_or("f32") {
-        "f64" => run::<f64>(&dir, reps, threads),
-        _ => run::<f32>(&dir, reps, threads),
+        "f64" => run::<f64>(&dir, reps, threads, predict),
+        _ => run::<f32>(&dir, reps, threads, predict),
     }
 }

@@ -188,9 +188,30 @@ pub fn factor_product<T: Float>(f: &[T], r: usize, w: &[T], n: usize, k: usize, 
     u
 }
 
-/// Largest block (`K·D` entries) that [`CurvatureOperator`]'s `LinearOperator::apply` hands to
-/// one [`CurvatureOperator::apply_block`] call (4 Mi entries: 16 MiB in f32).
-pub const MAX_BLOCK_ELEMS: usize = 1 << 22;
+/// Largest parameter-space block (`K·D` entries) that [`CurvatureOperator`]'s
+/// `LinearOperator::apply` hands to one [`CurvatureOperator::apply_block`] call (256 Ki entries:
+/// 1 MiB in f32), so that the block's copies stay in cache.
+pub const MAX_BLOCK_ELEMS: usize = 1 << 18;
+
+/// Largest tangent block (`N·K·S` entries for a batch of `N` samples and the widest layer `S`)
+/// of one [`CurvatureOperator::apply_block`] call from `LinearOperator::apply` (1 Mi entries).
+pub const MAX_TANGENT_ELEMS: usize = 1 << 20;
+
+impl<T: Float> CurvatureOperator<'_, T> {
+    /// Columns per [`CurvatureOperator::apply_block`] call when applied as a `LinearOperator`:
+    /// blocks share each layer's weights and activations across columns (one GEMM per layer),
+    /// but once the `[K, D]` parameter block or the `[N, K, S]` tangents no longer fit in cache,
+    /// the extra memory traffic costs more than the shared work saves, so `K` is capped by
+    /// [`MAX_BLOCK_ELEMS`]` / D` and [`MAX_TANGENT_ELEMS`]` / (N·S)` (at least 1).
+    pub fn block_chunk(&self) -> usize {
+        let net = &self.problem.net;
+        let width = net.layers.iter().map(|l| l.in_size().max(l.out_size())).max().unwrap_or(1).max(1);
+        let n = if self.batch_size == 0 { self.problem.data.n } else { self.batch_size.min(self.problem.data.n) };
+        let by_params = MAX_BLOCK_ELEMS / self.active.dim.max(1);
+        let by_tangents = MAX_TANGENT_ELEMS / (n.max(1) * width);
+        by_params.min(by_tangents).max(1)
+    }
+}
 
 impl<T: Float> LinearOperator<T> for CurvatureOperator<'_, T> {
     fn nrows(&self) -> usize {
@@ -208,12 +229,11 @@ impl<T: Float> LinearOperator<T> for CurvatureOperator<'_, T> {
     fn describe(&self) -> String {
         format!("{} (D={})", self.kind.name(), self.active.dim)
     }
-    /// Applies to the columns in chunks of at most [`MAX_BLOCK_ELEMS`]` / D` columns (at least
-    /// one): each chunk is one pass over the data with one GEMM per layer, and its `[K, D]`
-    /// buffers stay small enough to be reused by the allocator instead of mapped afresh.
+    /// Applies to the columns in chunks (see [`CurvatureOperator::block_chunk`]): each chunk is
+    /// one pass over the data with one GEMM per layer.
     fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
-        let (d, k) = (rhs.nrows(), rhs.ncols());
-        let chunk = (MAX_BLOCK_ELEMS / d.max(1)).clamp(1, k.max(1));
+        let k = rhs.ncols();
+        let chunk = self.block_chunk().clamp(1, k.max(1));
         let mut j = 0;
         while j < k {
             let kc = chunk.min(k - j);

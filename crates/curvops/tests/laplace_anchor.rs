@@ -77,3 +77,31 @@ fn digits_fixture_matches_laplace_torch() {
 fn second_fixture_matches_laplace_torch() {
     check_fixture("seed7");
 }
+
+/// The library example of docs/laplace.md, on the fixture.
+#[test]
+fn library_example_of_the_docs() -> Result<(), Box<dyn std::error::Error>> {
+    use curvops::laplace::io;
+    use curvops::LinearOperator;
+    let d = dir("");
+    let out = std::env::temp_dir().join(format!("curvops-laplace-doc-{}.safetensors", std::process::id()));
+    let p = load_problem::<f64>(&d.join("model.json"), &d.join("trained.safetensors"), &d.join("train.safetensors"))?;
+    let test = load_problem::<f64>(&d.join("model.json"), &d.join("trained.safetensors"), &d.join("test.safetensors"))?;
+    let opts = LaplaceOptions { structure: HessianStructure::Kron, curvature: Curvature::Ggn, ..Default::default() };
+    let fit = laplace::fit(&p, ActiveSet::all(&p.net.layout), None, &opts, &|_, _| {})?;
+    let best = optimize_marglik(&fit, &MarglikOptions::default())?;
+    let post = Posterior::new(&fit, best.prior.clone(), 1.0, 1.0)?;
+    let lml = post.log_marginal_likelihood();
+    let probs = post.predict_probs(&p.net, &test.data.x, test.data.n, Link::Probit);
+    let Targets::Classes(y) = &test.data.y else { unreachable!() };
+    let m = metrics::metrics(&probs, p.net.out_size(), y);
+    let draws = post.sample(8, 0);
+    let cov = post.covariance_op();
+    io::save(&out, &p.net, &fit, &best.prior, 1.0, 1.0, lml)?;
+    assert!((lml - best.log_marginal_likelihood).abs() < 1e-9 * lml.abs());
+    assert!(m.accuracy > 0.9 && m.nll > 0.0);
+    assert_eq!((draws.nrows(), draws.ncols()), (fit.dim(), 8));
+    assert_eq!(cov.nrows(), fit.dim());
+    let _ = std::fs::remove_file(&out);
+    Ok(())
+}

@@ -1,7 +1,9 @@
 """laplace-torch side of the Laplace benchmark (crates/curvops/examples/laplace_bench.rs): the same
 operations on a problem directory (model.json of linear/relu/tanh layers, weights, data), medians
 over REPS runs, one JSON line per operation with the same keys.
-Usage: peer_laplace_torch.py DIR [REPS] [THREADS] [f32|f64]"""
+Usage: peer_laplace_torch.py DIR [REPS] [THREADS] [f32|f64] [CONFIGS]
+CONFIGS: comma-separated subset of diag,kfac,lastlayer_full (default all); REPS applies to the fits,
+the predictive is timed over min(REPS, 5) runs."""
 import json
 import os
 import sys
@@ -42,7 +44,7 @@ name = os.path.basename(os.path.normpath(d))
 D = sum(p.numel() for p in model.parameters())
 
 
-def median_ms(f):
+def median_ms(f, reps=reps):
     f()
     ts = []
     for _ in range(reps):
@@ -70,7 +72,10 @@ emit("gradient", g)
 cfgs = {"diag": dict(subset_of_weights="all", hessian_structure="diag"),
         "kfac": dict(subset_of_weights="all", hessian_structure="kron"),
         "lastlayer_full": dict(subset_of_weights="last_layer", hessian_structure="full")}
+only = sys.argv[5].split(",") if len(sys.argv) > 5 else list(cfgs)
 for key, kw in cfgs.items():
+    if key not in only:
+        continue
     def fit():
         la = Laplace(model, "classification", **kw)
         la.fit(loader)
@@ -82,4 +87,4 @@ for key, kw in cfgs.items():
     def pred():
         with torch.no_grad():
             la(X, pred_type="glm", link_approx="probit")
-    emit(f"{key}_predict", median_ms(pred) if key != "diag" or D < 300000 else float("nan"))
+    emit(f"{key}_predict", median_ms(pred, min(reps, 5)) if key != "diag" or D < 300000 else float("nan"))

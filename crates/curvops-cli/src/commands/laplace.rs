@@ -118,8 +118,8 @@ pub struct FitFlags {
     /// Validation data for --prior gridsearch.
     #[arg(long)]
     pub val_data: Option<String>,
-    /// Grid of --prior gridsearch: log10 of the bounds and the count.
-    #[arg(long, value_delimiter = ',', default_values_t = [-4.0, 4.0, 100.0])]
+    /// Grid of --prior gridsearch: log10 of the bounds and the count, e.g. -4,4,100.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_values_t = [-4.0, 4.0, 100.0])]
     pub grid: Vec<f64>,
 }
 

@@ -335,11 +335,13 @@ pub fn fit<T: Float>(
         None => full_mean,
         Some(sel) => sel.iter().map(|&i| full_mean[i]).collect(),
     };
-    let loss = s * summed_loss(problem, opts.batch_size);
+    // the diagonal's pass yields the loss from its own forward pass; the others take one more
+    let mut loss_sum = None;
     let h = match opts.structure {
         HessianStructure::Full => HessianApprox::Full(full(problem, &active, selection.as_deref(), opts, s, progress)?),
         HessianStructure::Diag => {
-            let d = diagonal(problem, &active, opts, s, progress)?;
+            let (d, l) = diagonal(problem, &active, opts, s, progress)?;
+            loss_sum = Some(l);
             HessianApprox::Diag(match &selection {
                 None => d,
                 Some(sel) => sel.iter().map(|&i| d[i]).collect(),
@@ -348,6 +350,7 @@ pub fn fit<T: Float>(
         HessianStructure::Kron => HessianApprox::Kron(kfac(problem, &active, opts, s)?),
         HessianStructure::LowRank { rank } => low_rank(problem, &active, opts, s, rank)?,
     };
+    let loss = s * loss_sum.unwrap_or_else(|| summed_loss(problem, opts.batch_size));
     Ok(LaplaceFit::from_parts(
         likelihood,
         opts.structure,
@@ -462,20 +465,24 @@ fn layer_active(net_layout: &curvops_nn::ParamLayout, active: &ActiveSet, l: usi
 
 /// The exact diagonal of `H` over the active tensors: per linear layer
 /// `diag H_W[o, i] = s Σ_n (Σ_r g_nro²) a_ni²`, `diag H_b[o] = s Σ_n Σ_r g_nro²` (one GEMM);
-/// other layers from their per-sample parameter gradients.
+/// other layers from their per-sample parameter gradients. Also returns `Σ_n ℓ_n` from the same
+/// forward passes.
 fn diagonal<T: Float>(
     p: &Problem<T>,
     active: &ActiveSet,
     opts: &LaplaceOptions,
     s: f64,
     progress: &dyn Fn(usize, usize),
-) -> Result<Vec<T>, LaplaceError> {
+) -> Result<(Vec<T>, f64), LaplaceError> {
     let net = &p.net;
     let mut diag = vec![T::zero(); active.dim];
+    let mut loss_sum = 0.0;
     let batches = p.data.batches(opts.batch_size);
     for (bi, batch) in batches.iter().enumerate() {
         let bp = backprop(p, active, opts.curvature, batch)?;
         let (n, r) = (batch.n, bp.r);
+        loss_sum +=
+            net.loss.values(bp.tape.output(), batch.y, n, net.out_size()).iter().map(|v| v.as_f64()).sum::<f64>();
         for (l, layer) in net.layers.iter().enumerate() {
             if !active.layer_active[l] {
                 continue;
@@ -541,7 +548,7 @@ fn diagonal<T: Float>(
         progress(bi + 1, batches.len());
     }
     curvops_tensor::ops::scale(T::of(s), &mut diag);
-    Ok(diag)
+    Ok((diag, loss_sum))
 }
 
 /// KFAC factors of the active layers from [`crate::kfac::fit_kfac`] (curvlinops' conventions:
