@@ -3,51 +3,16 @@
 //! unbatched), fitted factors saved and reused without a data pass, `trace|logdet|solve kfac`
 //! against dense algebra on the KFAC matrix, KFAC-preconditioned CG, and one-line errors.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn reference(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/reference").join(name)
-}
+use common::{chol_solve, damped, logdet_spd, npy, ok_json, reference, rel, run};
+use std::path::{Path, PathBuf};
 
 fn tmp(tag: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("curvops-kfac-cli-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).unwrap();
     p
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_curvops")).args(args).output().expect("run curvops");
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
-}
-
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let (code, out, err) = run(args);
-    assert_eq!(code, 0, "curvops {args:?} failed: {err}");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-fn npy(path: &Path) -> (Vec<usize>, Vec<f64>) {
-    curvops_nn::io::read_npy::<f64>(path).unwrap()
-}
-
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let n: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
-    n / b.iter().map(|y| y * y).sum::<f64>().sqrt()
-}
-
-/// `m⁻¹ b` by Cholesky.
-fn chol_solve(m: &faer::Mat<f64>, b: &[f64]) -> Vec<f64> {
-    let l = m.llt(faer::Side::Lower).expect("SPD");
-    let mut x = faer::Mat::<f64>::from_fn(b.len(), 1, |i, _| b[i]);
-    faer::linalg::solvers::SolveCore::solve_in_place_with_conj(&l, faer::Conj::No, x.as_mut());
-    (0..b.len()).map(|i| x[(i, 0)]).collect()
 }
 
 fn s(p: &Path) -> String {
@@ -114,10 +79,8 @@ fn saved_factors_are_reused_and_algebra_matches_dense() {
     assert!((t["trace"].as_f64().unwrap() - tr).abs() <= 1e-10 * tr.abs(), "{t}");
     // logdet and solve of KFAC + λI against dense algebra
     let lam = 0.1;
-    let damped = faer::Mat::<f64>::from_fn(d, d, |i, j| km[(i, j)] + if i == j { lam } else { 0.0 });
-    let llt = damped.llt(faer::Side::Lower).unwrap();
-    let l = llt.L();
-    let logdet: f64 = (0..d).map(|i| 2.0 * l[(i, i)].ln()).sum();
+    let kd = damped(&km, lam);
+    let logdet = logdet_spd(&kd);
     let ld = ok_json(&[
         "logdet",
         "kfac",
@@ -150,7 +113,7 @@ fn saved_factors_are_reused_and_algebra_matches_dense() {
     assert_eq!(code, 0, "{err}");
     let (_, x) = npy(&x_npy);
     let (_, g) = npy(&reference("mlp_relu_ce_batches").join("ref/grad.npy"));
-    let want = chol_solve(&damped, &g);
+    let want = chol_solve(&kd, &g);
     assert!(rel(&x, &want) <= 1e-8, "solve kfac rel {:.2e}", rel(&x, &want));
     // CG on the GGN preconditioned by damped KFAC converges to the dense damped GGN solve
     let y_npy = dir.join("y.npy");
@@ -175,7 +138,7 @@ fn saved_factors_are_reused_and_algebra_matches_dense() {
     assert_eq!(code, 0, "{err}");
     let (_, y) = npy(&y_npy);
     let (_, ggn) = npy(&reference("mlp_relu_ce_batches").join("ref/ggn.npy"));
-    let gd = faer::Mat::<f64>::from_fn(d, d, |i, j| ggn[i * d + j] + if i == j { lam } else { 0.0 });
+    let gd = damped(&faer::Mat::<f64>::from_fn(d, d, |i, j| ggn[i * d + j]), lam);
     let want = chol_solve(&gd, &g);
     assert!(rel(&y, &want) <= 1e-8, "pcg rel {:.2e}", rel(&y, &want));
     let _ = std::fs::remove_dir_all(dir);

@@ -3,13 +3,10 @@
 //! matrices, `solve --damping` equals the dense solve of (A + λI) x = ∇L, and the same with
 //! `--blocks layer` against the dense block diagonal (`solve`, `logdet`, `eigs`).
 
-use faer::Mat;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn reference(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/reference").join(name)
-}
+use common::{chol_solve, damped, logdet_spd, npy, ok, ok_json as json, reference, rel};
+use faer::Mat;
 
 const PROBLEMS: [&str; 6] = [
     "cnn_batchnorm_softlabel_ce",
@@ -20,20 +17,6 @@ const PROBLEMS: [&str; 6] = [
     "mlp_tanh_mse",
 ];
 
-fn ok(args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_curvops")).args(args).output().expect("run curvops");
-    assert!(o.status.success(), "curvops {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into()
-}
-
-fn json(args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(ok(args).trim()).unwrap()
-}
-
-fn npy(path: &Path) -> (Vec<usize>, Vec<f64>) {
-    curvops_nn::io::read_npy::<f64>(path).unwrap()
-}
-
 fn dense(name: &str, file: &str) -> Mat<f64> {
     let (shape, v) = npy(&reference(name).join("ref").join(file));
     Mat::from_fn(shape[0], shape[1], |i, j| v[i * shape[1] + j])
@@ -43,18 +26,6 @@ fn sym_eigs_desc(m: &Mat<f64>) -> Vec<f64> {
     let mut e: Vec<f64> = m.self_adjoint_eigenvalues(faer::Side::Lower).unwrap();
     e.sort_by(|a, b| b.partial_cmp(a).unwrap());
     e
-}
-
-fn chol_solve(m: &Mat<f64>, b: &[f64]) -> Vec<f64> {
-    let l = m.llt(faer::Side::Lower).expect("SPD");
-    let mut x = Mat::<f64>::from_fn(b.len(), 1, |i, _| b[i]);
-    faer::linalg::solvers::SolveCore::solve_in_place_with_conj(&l, faer::Conj::No, x.as_mut());
-    (0..b.len()).map(|i| x[(i, 0)]).collect()
-}
-
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let n: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
-    n / b.iter().map(|y| y * y).sum::<f64>().sqrt()
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
@@ -116,18 +87,18 @@ fn damped_solves_and_blocks_match_dense() {
         for (curv, file) in [("ggn", "ggn.npy"), ("ef", "ef.npy")] {
             let a = dense(name, file);
             let d = a.nrows();
-            let damped = Mat::from_fn(d, d, |i, j| a[(i, j)] + if i == j { lam } else { 0.0 });
+            let ad = damped(&a, lam);
             let out =
                 std::env::temp_dir().join(format!("curvops-linalg-solve-{name}-{curv}-{}.npy", std::process::id()));
             let o = out.display().to_string();
             ok(&["solve", curv, "--problem", &prob, "--dtype", "f64", "--damping", "0.1", "--out", &o]);
             let (_, x) = npy(&out);
-            let r = rel(&x, &chol_solve(&damped, &g));
+            let r = rel(&x, &chol_solve(&ad, &g));
             assert!(r <= 1e-8, "{name} {curv} solve rel {r:.2e}");
             // block diagonal per layer
             let bd = Mat::from_fn(d, d, |i, j| {
                 if blocks.iter().any(|b| b.contains(&i) && b.contains(&j)) {
-                    damped[(i, j)]
+                    ad[(i, j)]
                 } else {
                     0.0
                 }
@@ -149,8 +120,7 @@ fn damped_solves_and_blocks_match_dense() {
             let (_, x) = npy(&out);
             let r = rel(&x, &chol_solve(&bd, &g));
             assert!(r <= 1e-8, "{name} {curv} block solve rel {r:.2e}");
-            let l = bd.llt(faer::Side::Lower).unwrap();
-            let want: f64 = (0..d).map(|i| 2.0 * l.L()[(i, i)].ln()).sum();
+            let want = logdet_spd(&bd);
             let ld = json(&[
                 "logdet",
                 curv,

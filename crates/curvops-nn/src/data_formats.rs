@@ -174,28 +174,7 @@ fn npy_parse(b: &[u8], p: &str) -> Result<Array, NnError> {
         })
         .collect::<Result<_, _>>()
         .map_err(|_| bad(&format!("dtype '{descr}' is not supported (use a float, integer or bool dtype)")))?;
-    let data = if fortran && shape.len() > 1 {
-        let nd = shape.len();
-        let mut out = vec![0.0; count];
-        let mut idx = vec![0usize; nd];
-        for v in vals {
-            let mut off = 0;
-            for d in 0..nd {
-                off = off * shape[d] + idx[d];
-            }
-            out[off] = v;
-            for d in 0..nd {
-                idx[d] += 1;
-                if idx[d] < shape[d] {
-                    break;
-                }
-                idx[d] = 0;
-            }
-        }
-        out
-    } else {
-        vals
-    };
+    let data = if fortran && shape.len() > 1 { crate::io::fortran_to_c(&shape, &vals) } else { vals };
     Ok(Array { shape, data, integer })
 }
 

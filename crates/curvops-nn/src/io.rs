@@ -338,11 +338,17 @@ pub fn read_npy<T: Float>(path: &Path) -> Result<(Vec<usize>, Vec<T>), NnError> 
     if !fortran || shape.len() < 2 {
         return Ok((shape, vals));
     }
-    // Fortran order: the first index varies fastest; convert to C order.
+    let out = fortran_to_c(&shape, &vals);
+    Ok((shape, out))
+}
+
+/// Reorders the values of an array stored in Fortran order (first index fastest) into C order
+/// (last index fastest).
+pub(crate) fn fortran_to_c<T: Copy>(shape: &[usize], vals: &[T]) -> Vec<T> {
     let nd = shape.len();
-    let mut out = vec![T::zero(); count];
+    let mut out = vals.to_vec();
     let mut idx = vec![0usize; nd];
-    for v in vals {
+    for &v in vals {
         let mut off = 0;
         for d in 0..nd {
             off = off * shape[d] + idx[d];
@@ -356,7 +362,7 @@ pub fn read_npy<T: Float>(path: &Path) -> Result<(Vec<usize>, Vec<T>), NnError> 
             idx[d] = 0;
         }
     }
-    Ok((shape, out))
+    out
 }
 
 /// A tensor to write: name, shape and values.
