@@ -228,7 +228,7 @@ impl<T: Float> Network<T> {
     }
 
     fn ctx<'a>(&self, l: usize, theta: &'a [T], tape: &'a Tape<T>) -> Ctx<'a, T> {
-        Ctx { p: self.layer_params(l, theta), x: &tape.acts[l], y: &tape.acts[l + 1], aux: &tape.aux[l], n: tape.n }
+        Ctx { p: self.layer_params(l, theta), x: &tape.acts[l], xs: &[], y: &tape.acts[l + 1], aux: &tape.aux[l], n: tape.n }
     }
 
     /// Forward pass on a batch `x` (`[n, I]`), keeping what the derivative rules need.

@@ -59,7 +59,8 @@ fn check_layer(name: &str, layer: &dyn Layer<f64>, n: usize, seed: u64) {
     let x = randn(&mut r, n * is);
     let (y, aux) = layer.forward(&p, &x, n);
     assert_eq!(y.len(), n * os, "{name}: output size");
-    let c = Ctx { p: &p, x: &x, y: &y, aux: &aux, n };
+    let xr: &[f64] = &x;
+    let c = Ctx { p: &p, x: &x, xs: std::slice::from_ref(&xr), y: &y, aux: &aux, n };
     let h = 1e-6;
     let tol = 1e-6;
 
@@ -121,7 +122,7 @@ fn check_layer(name: &str, layer: &dyn Layer<f64>, n: usize, seed: u64) {
         let sn = n - 1;
         let x1 = &x[sn * is..(sn + 1) * is];
         let (y1, aux1) = layer.forward(&p, x1, 1);
-        let c1 = Ctx { p: &p, x: x1, y: &y1, aux: &aux1, n: 1 };
+        let c1 = Ctx { p: &p, x: x1, xs: std::slice::from_ref(&x1), y: &y1, aux: &aux1, n: 1 };
         let mut one: Vec<Vec<f64>> = layer.params().iter().map(|s| vec![0.0; k * s.len()]).collect();
         {
             let mut views: Vec<Option<&mut [f64]>> = one.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
@@ -163,7 +164,7 @@ fn check_layer(name: &str, layer: &dyn Layer<f64>, n: usize, seed: u64) {
                 let (xz, rest) = z.split_at(n * is);
                 let (pz, gz) = rest.split_at(np);
                 let (yz, az) = layer.forward(pz, xz, n);
-                let cz = Ctx { p: pz, x: xz, y: &yz, aux: &az, n };
+                let cz = Ctx { p: pz, x: xz, xs: std::slice::from_ref(&xz), y: &yz, aux: &az, n };
                 let mut out = layer.vjp_input(&cz, gz, 1);
                 let mut b: Vec<Vec<f64>> = layer.params().iter().map(|s| vec![0.0; s.len()]).collect();
                 {
@@ -277,6 +278,7 @@ fn kink_conventions_match_pytorch() {
     let x = [1.0f64, 3.0, 3.0, 2.0];
     let (y, aux) = mp.forward(&[], &x, 1);
     assert_eq!(y, vec![3.0]);
-    let c = Ctx { p: &[], x: &x, y: &y, aux: &aux, n: 1 };
+    let xr: &[f64] = &x;
+    let c = Ctx { p: &[], x: &x, xs: std::slice::from_ref(&xr), y: &y, aux: &aux, n: 1 };
     assert_eq!(mp.vjp_input(&c, &[1.0], 1), vec![0.0, 1.0, 0.0, 0.0]);
 }

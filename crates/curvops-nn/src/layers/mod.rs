@@ -18,11 +18,19 @@
 //!   loss gives exact Hessian-vector products.
 
 pub mod activation;
+pub mod attention;
 pub mod batchnorm;
 pub mod conv2d;
+pub mod embedding;
+pub mod index;
+pub mod layernorm;
 pub mod linear;
+pub mod parameter;
 pub mod pool;
 pub mod reshape;
+pub mod structure;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use curvops_tensor::Float;
 
@@ -79,10 +87,12 @@ impl<T> Aux<T> {
 /// A layer's forward pass on a batch, as its rules see it.
 #[derive(Clone, Copy)]
 pub struct Ctx<'a, T> {
-    /// The layer's parameters, all tensors concatenated (state-dict order).
+    /// The layer's parameters, all tensors concatenated (in the order of [`Layer::params`]).
     pub p: &'a [T],
-    /// Input `[N, I]`.
+    /// The first input `[N, I]` (empty for a node without inputs).
     pub x: &'a [T],
+    /// All inputs, `xs[i]` is `[N, I_i]` (`xs[0] == x`); empty for a node without inputs.
+    pub xs: &'a [&'a [T]],
     /// Output `[N, O]`.
     pub y: &'a [T],
     /// What the forward pass kept.
@@ -107,6 +117,11 @@ pub trait Layer<T: Float>: Send + Sync + std::fmt::Debug {
     fn in_shape(&self) -> &[usize];
     /// Per-sample output shape.
     fn out_shape(&self) -> &[usize];
+    /// Per-sample shapes of all inputs, in the order of the node's `inputs` (default: the one
+    /// input of [`Layer::in_shape`]; empty for a node that reads nothing, such as `parameter`).
+    fn in_shapes(&self) -> Vec<Vec<usize>> {
+        vec![self.in_shape().to_vec()]
+    }
     /// Per-sample input size `I`.
     fn in_size(&self) -> usize {
         self.in_shape().iter().product()
@@ -141,6 +156,37 @@ pub trait Layer<T: Float>: Send + Sync + std::fmt::Debug {
     fn hvp_needs_g(&self, rx: bool, dp: bool, want_input: bool) -> bool {
         let _ = (rx, dp, want_input);
         true
+    }
+    /// Forward pass on all inputs `xs[i]` (`[N, I_i]`). The default is [`Layer::forward`] on
+    /// the one input; nodes with several inputs (or none) override it.
+    fn forward_inputs(&self, p: &[T], xs: &[&[T]], n: usize) -> (Vec<T>, Aux<T>) {
+        self.forward(p, xs[0], n)
+    }
+    /// `dy = Σ_i (∂y/∂x_i) dx_i` over the inputs whose tangent is given (`[N, K, I_i]`);
+    /// `None` when no input has a tangent. Default: [`Layer::jvp_input`] on the one input.
+    fn jvp_inputs(&self, c: &Ctx<T>, dxs: &[Option<&[T]>], k: usize) -> Option<Vec<T>> {
+        dxs[0].map(|dx| self.jvp_input(c, dx, k))
+    }
+    /// `g_{x_i} = (∂y/∂x_i)ᵀ g` for each input with `want[i]` (`[N, K, I_i]`; `None` for the
+    /// others). Default: [`Layer::vjp_input`] on the one input.
+    fn vjp_inputs(&self, c: &Ctx<T>, g: &[T], k: usize, want: &[bool]) -> Vec<Option<Vec<T>>> {
+        vec![want[0].then(|| self.vjp_input(c, g, k))]
+    }
+    /// The R-operator of [`Layer::hvp_backward`] for a node with several inputs: `rxs[i]` is
+    /// `R(x_i)` (or `None` when zero); returns `R(g_{x_i})` for each input with `want[i]`.
+    /// Default: [`Layer::hvp_backward`] on the one input.
+    fn hvp_backward_inputs(
+        &self,
+        c: &Ctx<T>,
+        rxs: &[Option<&[T]>],
+        dp: &ParamIn<T>,
+        g: &[T],
+        rg: &[T],
+        k: usize,
+        rgrad: &mut ParamOut<T>,
+        want: &[bool],
+    ) -> Vec<Option<Vec<T>>> {
+        vec![self.hvp_backward(c, rxs[0], dp, g, rg, k, rgrad, want[0])]
     }
     /// R-operator of backpropagation (see module docs). Returns `R(g_x)` when `want_input`.
     #[allow(clippy::too_many_arguments)]
