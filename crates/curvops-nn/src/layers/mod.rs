@@ -130,6 +130,11 @@ pub trait Layer<T: Float>: Send + Sync + std::fmt::Debug {
     fn out_size(&self) -> usize {
         self.out_shape().iter().product()
     }
+    /// For a node that reads integer ids (token ids coded as floats, e.g. `embedding`): the
+    /// exclusive upper bound of valid ids; the loader checks the data against it.
+    fn int_input_bound(&self) -> Option<usize> {
+        None
+    }
     /// Parameter tensors in state-dict order (empty for parameter-free layers).
     fn params(&self) -> Vec<ParamSpec> {
         Vec::new()
