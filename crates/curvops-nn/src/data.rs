@@ -31,7 +31,8 @@ pub struct Dataset<T> {
     pub n: usize,
     /// Targets.
     pub y: Targets<T>,
-    /// Width `C` of dense targets (0 for class indices).
+    /// Width `C` of dense targets; for class indices 0 (one per sample) or the number of
+    /// positions `T` per sample (sequence outputs `[T, C]`).
     pub target_width: usize,
 }
 
@@ -58,7 +59,10 @@ impl<T: Float> Dataset<T> {
     pub fn batch(&self, start: usize, len: usize) -> Batch<'_, T> {
         let s = self.sample_size();
         let y = match &self.y {
-            Targets::Classes(v) => TargetsRef::Classes(&v[start..start + len]),
+            Targets::Classes(v) => {
+                let t = self.target_width.max(1);
+                TargetsRef::Classes(&v[start * t..(start + len) * t])
+            }
             Targets::Dense(v) => {
                 let c = self.target_width;
                 TargetsRef::Dense(&v[start * c..(start + len) * c])
@@ -82,7 +86,10 @@ impl<T: Float> Dataset<T> {
             x.extend_from_slice(&self.x[i * s..(i + 1) * s]);
         }
         let y = match &self.y {
-            Targets::Classes(v) => Targets::Classes(idx.iter().map(|&i| v[i]).collect()),
+            Targets::Classes(v) => {
+                let t = self.target_width.max(1);
+                Targets::Classes(idx.iter().flat_map(|&i| v[i * t..(i + 1) * t].iter().copied()).collect())
+            }
             Targets::Dense(v) => {
                 let c = self.target_width;
                 let mut out = Vec::with_capacity(idx.len() * c);

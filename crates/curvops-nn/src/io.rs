@@ -6,7 +6,7 @@
 use crate::data::{Dataset, Targets};
 use crate::loss::LossKind;
 use crate::network::Network;
-use crate::spec::{parse_model, BnBuffers, ModelSpec};
+use crate::spec::{parse_model, BnBuffers, GraphSpec};
 use crate::NnError;
 use curvops_tensor::Float;
 use safetensors::tensor::TensorView;
@@ -31,7 +31,7 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>, NnError> {
 }
 
 /// Parses `model.json` from a file.
-pub fn read_model(path: &Path) -> Result<ModelSpec, NnError> {
+pub fn read_model(path: &Path) -> Result<GraphSpec, NnError> {
     let p = path.display().to_string();
     let text = String::from_utf8(read_bytes(path)?).map_err(|_| NnError::spec(&p, "not UTF-8 text"))?;
     parse_model(&text, &p)
@@ -109,9 +109,12 @@ fn int_tensor(path: &str, key: &str, t: &TensorView) -> Result<Vec<i64>, NnError
     })
 }
 
-/// Builds the network of `spec` with the parameters and buffers of a weights file.
+/// Builds the network of `spec` with the parameters and buffers of a weights file. A tied
+/// tensor may be stored under any of its names (the key, or `"{node}.{role}"` of a use), and
+/// under several only if they are bitwise equal; a `parameter` node's tensor may carry a
+/// leading axis of size 1 (`[1, *shape]`, as PyTorch often stores it).
 pub fn load_weights<T: Float>(
-    spec: &ModelSpec,
+    spec: &GraphSpec,
     model_path: &str,
     weights: &Path,
 ) -> Result<(Network<T>, Vec<T>), NnError> {
@@ -123,7 +126,7 @@ pub fn load_weights<T: Float>(
         st.tensor(key).map_err(|_| NnError::tensor(&wp, format!("missing tensor '{key}'")))
     };
     let used = std::cell::RefCell::new(BTreeSet::<String>::new());
-    let bn = |i: usize, c: usize| -> Result<BnBuffers, NnError> {
+    let bn = |i: &str, c: usize| -> Result<BnBuffers, NnError> {
         let mk = format!("{i}.running_mean");
         let vk = format!("{i}.running_var");
         let mean: Vec<f64> = float_tensor(&wp, &mk, &get(&mk)?, Some(&[c]))?;
@@ -141,10 +144,38 @@ pub fn load_weights<T: Float>(
     let net: Network<T> = spec.build(model_path, &bn)?;
     let mut theta = vec![T::zero(); net.num_params()];
     for e in &net.layout.entries {
-        let t = get(&e.name)?;
-        let v: Vec<T> = float_tensor(&wp, &e.name, &t, Some(&e.shape))?;
+        let names: Vec<&String> = std::iter::once(&e.name).chain(&e.aliases).collect();
+        let present: Vec<&String> = names.iter().copied().filter(|n| st.tensor(n).is_ok()).collect();
+        let Some(first) = present.first() else {
+            let also = if e.aliases.is_empty() {
+                String::new()
+            } else {
+                format!(" (or its tied name {})", e.aliases.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(", "))
+            };
+            return Err(NnError::tensor(&wp, format!("missing tensor '{}'{also}", e.name)));
+        };
+        let is_param_node = net.layers[e.layer].kind() == "parameter";
+        let read = |key: &str| -> Result<Vec<T>, NnError> {
+            let t = get(key)?;
+            let mut lead = vec![1];
+            lead.extend_from_slice(&e.shape);
+            let shape: &[usize] = if is_param_node && t.shape() == lead.as_slice() { &lead } else { &e.shape };
+            float_tensor(&wp, key, &t, Some(shape))
+        };
+        let v: Vec<T> = read(first)?;
+        for other in &present[1..] {
+            let w: Vec<T> = read(other)?;
+            if w.iter().zip(&v).any(|(a, b)| a.as_f64().to_bits() != b.as_f64().to_bits()) {
+                return Err(NnError::tensor(
+                    &wp,
+                    format!("tensors '{first}' and '{other}' are tied in model.json but differ in the file"),
+                ));
+            }
+        }
         theta[e.offset..e.offset + e.len].copy_from_slice(&v);
-        expected.insert(e.name.clone());
+        for n in present {
+            expected.insert(n.clone());
+        }
     }
     expected.extend(used.into_inner());
     let mut extra: Vec<String> =
@@ -188,28 +219,71 @@ pub fn load_data<T: Float>(net: &Network<T>, path: &Path) -> Result<Dataset<T>, 
     if n == 0 {
         return Err(NnError::tensor(&dp, "tensor 'x' is empty (N = 0): no data"));
     }
-    let x: Vec<T> = float_tensor(&dp, "x", &xt, None)?;
+    let x: Vec<T> = if net.input_int {
+        let ids = int_tensor(&dp, "x", &xt)?;
+        let s: usize = net.input_shape.iter().product();
+        // the bound of every node that reads the ids
+        for (l, layer) in net.layers.iter().enumerate() {
+            let Some(bound) = layer.int_input_bound() else { continue };
+            if !net.inputs_of(l).contains(&0) {
+                continue;
+            }
+            if let Some((i, &v)) = ids.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= bound) {
+                return Err(NnError::tensor(
+                    &dp,
+                    format!(
+                        "tensor 'x': token id {v} of sample {} (position {}) is out of range [0, {bound}) of node '{}'",
+                        i / s,
+                        i % s,
+                        net.node_name(l)
+                    ),
+                ));
+            }
+        }
+        if let Some(&v) = ids.iter().find(|&&v| v.unsigned_abs() > (1u64 << 24)) {
+            return Err(NnError::tensor(&dp, format!("tensor 'x': token id {v} is too large")));
+        }
+        ids.into_iter().map(|v| T::of(v as f64)).collect()
+    } else {
+        if matches!(xt.dtype(), Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8) {
+            return Err(NnError::tensor(
+                &dp,
+                "tensor 'x' holds integers, but model.json declares a float input (use \"inputs\": {\"x\": {\"shape\": …, \"dtype\": \"int\"}} for token ids)",
+            ));
+        }
+        float_tensor(&dp, "x", &xt, None)?
+    };
     let c = net.out_size();
+    let out_shape = net.output_shape();
+    let positions = net.loss.positions;
     let ys = yt.shape().to_vec();
     let (y, width) = match net.loss.kind {
-        LossKind::CrossEntropy if ys.len() == 1 => {
-            if ys[0] != n {
+        LossKind::CrossEntropy if ys.len() + 1 == out_shape.len() || (positions == 1 && ys.len() == 1) => {
+            let want: Vec<usize> = std::iter::once(n).chain(out_shape[..out_shape.len() - 1].iter().copied()).collect();
+            if ys != want {
+                let dense: Vec<usize> = std::iter::once(n).chain(out_shape.iter().copied()).collect();
                 return Err(NnError::tensor(
                     &dp,
-                    format!("tensor 'y' has shape {ys:?}, expected [{n}] (class indices) or [{n}, {c}]"),
+                    format!("tensor 'y' has shape {ys:?}, expected {want:?} (class indices) or {dense:?}"),
                 ));
             }
+            if !matches!(yt.dtype(), Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8) {
+                return Err(NnError::tensor(&dp, format!("tensor 'y' of shape {ys:?} must hold integer class ids")));
+            }
+            let classes = c / positions;
             let lab = int_tensor(&dp, "y", &yt)?;
-            if let Some((i, &v)) = lab.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= c) {
+            if let Some((i, &v)) = lab.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= classes) {
+                let at = if positions > 1 { format!(" (position {})", i % positions) } else { String::new() };
                 return Err(NnError::tensor(
                     &dp,
-                    format!("tensor 'y': label {v} of sample {i} is out of range [0, {c})"),
+                    format!("tensor 'y': label {v} of sample {}{at} is out of range [0, {classes})", i / positions),
                 ));
             }
-            (Targets::Classes(lab.into_iter().map(|v| v as usize).collect()), 0)
+            (Targets::Classes(lab.into_iter().map(|v| v as usize).collect()), if positions > 1 { positions } else { 0 })
         }
         kind => {
-            if ys != [n, c] {
+            let want: Vec<usize> = std::iter::once(n).chain(out_shape.iter().copied()).collect();
+            if ys != [n, c] && ys != want {
                 let alt =
                     if kind == LossKind::CrossEntropy { format!(" or [{n}] (class indices)") } else { String::new() };
                 return Err(NnError::tensor(&dp, format!("tensor 'y' has shape {ys:?}, expected [{n}, {c}]{alt}")));

@@ -16,9 +16,9 @@ use std::borrow::Cow;
 /// One parameter tensor in the flat parameter vector.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamEntry {
-    /// State-dict name, e.g. `"3.weight"`.
+    /// Key in the weights file (state-dict name), e.g. `"3.weight"` or `"wte.weight"`.
     pub name: String,
-    /// Index of the layer.
+    /// The first node that uses it.
     pub layer: usize,
     /// Shape as in PyTorch.
     pub shape: Vec<usize>,
@@ -26,49 +26,180 @@ pub struct ParamEntry {
     pub offset: usize,
     /// Number of entries.
     pub len: usize,
+    /// Other names of a tied tensor: `"{node}.{role}"` of each use whose key differs.
+    pub aliases: Vec<String>,
+    /// Every node that uses it (more than one for a tied tensor).
+    pub users: Vec<usize>,
 }
 
-/// The flat parameter layout: tensors in state-dict order, each flattened row-major.
+/// The flat parameter layout: tensors in state-dict order, each flattened row-major, and for
+/// each node the tensor of each of its roles (several nodes may share a tensor).
 #[derive(Clone, Debug, Default)]
 pub struct ParamLayout {
     /// All parameter tensors.
     pub entries: Vec<ParamEntry>,
     /// Total number of parameters `D`.
     pub total: usize,
-    /// For each layer, the range of its entries.
-    pub layer_entries: Vec<std::ops::Range<usize>>,
-    /// For each layer, the offset of its first parameter.
-    pub layer_offset: Vec<usize>,
+    /// For each node, the entry of each of its roles (in the order of `Layer::params`).
+    pub layer_entries: Vec<Vec<usize>>,
+    /// For each node, the values it reads (`0` = the model input, `v ≥ 1` = node `v − 1`'s
+    /// output).
+    pub node_inputs: Vec<Vec<usize>>,
+    /// Node names (`"0"`, `"1"`, … for a chain).
+    pub node_names: Vec<String>,
+    /// For each node whose roles are consecutive in the flat vector: their offset.
+    contiguous: Vec<Option<usize>>,
 }
 
 impl ParamLayout {
-    /// Layout of a list of layers' parameter specs.
+    /// Layout of a chain of layers: layer `l`'s roles are `"{l}.{role}"`.
     pub fn new(specs: &[Vec<ParamSpec>]) -> Self {
-        let mut entries = Vec::new();
-        let mut layer_entries = Vec::new();
-        let mut layer_offset = Vec::new();
-        let mut off = 0;
-        for (l, ps) in specs.iter().enumerate() {
-            let first = entries.len();
-            layer_offset.push(off);
-            for p in ps {
-                entries.push(ParamEntry {
-                    name: format!("{l}.{}", p.name),
-                    layer: l,
-                    shape: p.shape.clone(),
-                    offset: off,
-                    len: p.len(),
-                });
-                off += p.len();
-            }
-            layer_entries.push(first..entries.len());
-        }
-        Self { entries, total: off, layer_entries, layer_offset }
+        let keys: Vec<Vec<String>> =
+            specs.iter().enumerate().map(|(l, ps)| ps.iter().map(|p| format!("{l}.{}", p.name)).collect()).collect();
+        let inputs = (0..specs.len()).map(|l| vec![l]).collect();
+        let names: Vec<String> = (0..specs.len()).map(|l| l.to_string()).collect();
+        Self::graph(specs, &keys, &names, inputs, None).expect("a chain has no ties")
     }
 
-    /// The entry with this state-dict name.
+    /// Layout of a graph: node `l` reads the values `inputs[l]`, its role `r` is the tensor
+    /// `keys[l][r]`; nodes naming the same key share it. The flat order is `param_order`
+    /// (every key once) or first use. Errors name the node whose tie has another shape.
+    pub fn graph(
+        specs: &[Vec<ParamSpec>],
+        keys: &[Vec<String>],
+        node_names: &[String],
+        inputs: Vec<Vec<usize>>,
+        param_order: Option<&[String]>,
+    ) -> Result<Self, NnError> {
+        let mut entries: Vec<ParamEntry> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut layer_entries = Vec::with_capacity(specs.len());
+        for (l, ps) in specs.iter().enumerate() {
+            let mut mine = Vec::with_capacity(ps.len());
+            for (p, key) in ps.iter().zip(&keys[l]) {
+                let own = format!("{}.{}", node_names[l], p.name);
+                let i = match index.get(key) {
+                    Some(&i) => {
+                        let e = &mut entries[i];
+                        if e.shape != p.shape {
+                            return Err(NnError::Other(format!(
+                                "node '{}': role '{}' ties '{key}' with shape {:?}, but node '{}' uses it with shape {:?}",
+                                node_names[l], p.name, p.shape, node_names[e.layer], e.shape
+                            )));
+                        }
+                        if !e.users.contains(&l) {
+                            e.users.push(l);
+                        }
+                        i
+                    }
+                    None => {
+                        entries.push(ParamEntry {
+                            name: key.clone(),
+                            layer: l,
+                            shape: p.shape.clone(),
+                            offset: 0,
+                            len: p.len(),
+                            aliases: Vec::new(),
+                            users: vec![l],
+                        });
+                        index.insert(key.clone(), entries.len() - 1);
+                        entries.len() - 1
+                    }
+                };
+                if own != *key && !entries[i].aliases.contains(&own) {
+                    entries[i].aliases.push(own);
+                }
+                mine.push(i);
+            }
+            layer_entries.push(mine);
+        }
+        // flat order
+        let order: Vec<usize> = match param_order {
+            None => (0..entries.len()).collect(),
+            Some(names) => {
+                let mut order = Vec::with_capacity(entries.len());
+                let mut seen = vec![false; entries.len()];
+                for n in names {
+                    let i = *index.get(n).ok_or_else(|| {
+                        NnError::Other(format!("param_order: '{n}' is not a parameter of the model"))
+                    })?;
+                    if seen[i] {
+                        return Err(NnError::Other(format!("param_order: '{n}' is listed twice")));
+                    }
+                    seen[i] = true;
+                    order.push(i);
+                }
+                if let Some(i) = seen.iter().position(|s| !s) {
+                    return Err(NnError::Other(format!("param_order: '{}' is missing", entries[i].name)));
+                }
+                order
+            }
+        };
+        // renumber entries into the flat order
+        let mut new_index = vec![0; entries.len()];
+        let mut sorted = Vec::with_capacity(entries.len());
+        let mut off = 0;
+        for (pos, &i) in order.iter().enumerate() {
+            new_index[i] = pos;
+            let mut e = entries[i].clone();
+            e.offset = off;
+            off += e.len;
+            sorted.push(e);
+        }
+        for le in &mut layer_entries {
+            for i in le.iter_mut() {
+                *i = new_index[*i];
+            }
+        }
+        let contiguous = layer_entries
+            .iter()
+            .map(|le| {
+                let first = sorted.get(*le.first()?)?.offset;
+                let mut at = first;
+                for &i in le {
+                    if sorted[i].offset != at {
+                        return None;
+                    }
+                    at += sorted[i].len;
+                }
+                Some(first)
+            })
+            .collect();
+        Ok(Self { entries: sorted, total: off, layer_entries, node_inputs: inputs, node_names: node_names.to_vec(), contiguous })
+    }
+
+    /// The entry with this key (or an alias of a tied tensor).
     pub fn find(&self, name: &str) -> Option<usize> {
-        self.entries.iter().position(|e| e.name == name)
+        self.entries.iter().position(|e| e.name == name).or_else(|| self.entries.iter().position(|e| e.aliases.iter().any(|a| a == name)))
+    }
+
+    /// Node `l`'s parameters within `θ`, its roles concatenated (borrowed when they are
+    /// consecutive in the flat vector).
+    pub fn node_params<'a, T: Float>(&self, l: usize, theta: &'a [T]) -> Cow<'a, [T]> {
+        match self.contiguous[l] {
+            Some(off) => {
+                let len: usize = self.layer_entries[l].iter().map(|&i| self.entries[i].len).sum();
+                Cow::Borrowed(&theta[off..off + len])
+            }
+            None if self.layer_entries[l].is_empty() => Cow::Borrowed(&theta[..0]),
+            None => {
+                let mut v = Vec::new();
+                for &i in &self.layer_entries[l] {
+                    let e = &self.entries[i];
+                    v.extend_from_slice(&theta[e.offset..e.offset + e.len]);
+                }
+                Cow::Owned(v)
+            }
+        }
+    }
+
+    /// For each node: whether it or a node it depends on has an entry with `mask` set.
+    pub fn upstream(&self, node_mask: &[bool]) -> Vec<bool> {
+        let mut up = vec![false; node_mask.len()];
+        for l in 0..node_mask.len() {
+            up[l] = node_mask[l] || self.node_inputs[l].iter().any(|&v| v > 0 && up[v - 1]);
+        }
+        up
     }
 }
 
@@ -80,10 +211,13 @@ pub struct ActiveSet {
     pub sub_offset: Vec<Option<usize>>,
     /// Dimension `D_S` of the subset.
     pub dim: usize,
-    /// The lowest layer with an active parameter (`usize::MAX` if none).
+    /// The lowest node with an active parameter (`usize::MAX` if none).
     pub first_layer: usize,
-    /// Per layer: whether any of its parameters is active.
+    /// Per node: whether any of its parameters is active.
     pub layer_active: Vec<bool>,
+    /// Per node: whether it or a node it depends on has an active parameter (its output then
+    /// depends on the active parameters).
+    pub upstream: Vec<bool>,
 }
 
 impl ActiveSet {
@@ -102,9 +236,10 @@ impl ActiveSet {
                 dim += e.len;
             }
         }
-        let layer_active: Vec<bool> = layout.layer_entries.iter().map(|r| r.clone().any(|i| mask[i])).collect();
+        let layer_active: Vec<bool> = layout.layer_entries.iter().map(|r| r.iter().any(|&i| mask[i])).collect();
         let first_layer = layer_active.iter().position(|&a| a).unwrap_or(usize::MAX);
-        Self { sub_offset, dim, first_layer, layer_active }
+        let upstream = layout.upstream(&layer_active);
+        Self { sub_offset, dim, first_layer, layer_active, upstream }
     }
 
     /// The named entries (`--params 4.weight,4.bias`); a name may also be a layer index
@@ -115,7 +250,13 @@ impl ActiveSet {
             let name = raw.trim();
             if let Some(i) = layout.find(name) {
                 mask[i] = true;
-            } else if let Some(r) = name.parse::<usize>().ok().and_then(|l| layout.layer_entries.get(l)) {
+            } else if let Some(r) = layout
+                .node_names
+                .iter()
+                .position(|n| n == name)
+                .or_else(|| name.parse::<usize>().ok())
+                .and_then(|l| layout.layer_entries.get(l))
+            {
                 if r.is_empty() {
                     return Err(NnError::Other(format!("--params: layer {name} has no parameters")));
                 }
@@ -158,13 +299,13 @@ impl ActiveSet {
     }
 }
 
-/// What a forward pass keeps: every layer's input (and the network output) and the layers'
-/// auxiliary data.
+/// What a forward pass keeps: every value of the graph and the nodes' auxiliary data.
 #[derive(Clone, Debug)]
 pub struct Tape<T> {
-    /// `acts[l]` is the input of layer `l`; `acts[L]` is the network output.
+    /// `acts[0]` is the model input, `acts[l + 1]` node `l`'s output (for a chain, `acts[l]` is
+    /// layer `l`'s input); the last is the network output.
     pub acts: Vec<Vec<T>>,
-    /// Per layer, what its forward pass kept.
+    /// Per node, what its forward pass kept.
     pub aux: Vec<Aux<T>>,
     /// Batch size.
     pub n: usize,
@@ -181,30 +322,64 @@ impl<T: Float> Tape<T> {
     }
 }
 
-/// A sequential network with a loss.
+/// A network — a directed acyclic graph of nodes in topological (list) order, a chain being
+/// the special case — with a loss.
 #[derive(Debug)]
 pub struct Network<T: Float> {
     /// Per-sample input shape.
     pub input_shape: Vec<usize>,
-    /// The layers in order; layer `i` owns the state-dict keys `"{i}.*"`.
+    /// Whether the input holds integer ids (token ids, coded as floats).
+    pub input_int: bool,
+    /// The nodes in order; node `l` reads the values `layout.node_inputs[l]`.
     pub layers: Vec<Box<dyn Layer<T>>>,
-    /// Flat parameter layout.
+    /// Flat parameter layout (and the graph's edges).
     pub layout: ParamLayout,
     /// The loss on the outputs.
     pub loss: Loss,
     /// Non-fatal remarks from loading (printed by the CLI on standard error).
     pub warnings: Vec<String>,
+    /// Per value: the last node that reads it (`usize::MAX` for the output and unread values).
+    last_use: Vec<usize>,
 }
 
 /// Per-tensor parameter inputs of one layer (borrowed when `K = 1`).
 type LayerIn<'a, T> = Vec<Option<Cow<'a, [T]>>>;
 
+/// Adds `v` into an accumulator slot (a cotangent summed where a value fans out).
+fn accumulate<T: Float>(slot: &mut Option<Vec<T>>, v: Vec<T>) {
+    match slot {
+        Some(acc) => curvops_tensor::ops::axpy(T::one(), &v, acc),
+        None => *slot = Some(v),
+    }
+}
+
 impl<T: Float> Network<T> {
-    /// A network from its layers (shapes already chained) and loss.
+    /// A chain: layer `l` reads layer `l − 1`'s output (shapes already chained); its roles are
+    /// `"{l}.{role}"`.
     pub fn new(input_shape: Vec<usize>, layers: Vec<Box<dyn Layer<T>>>, loss: Loss) -> Self {
         let specs: Vec<Vec<ParamSpec>> = layers.iter().map(|l| l.params()).collect();
         let layout = ParamLayout::new(&specs);
-        Self { input_shape, layers, layout, loss, warnings: Vec::new() }
+        Self::from_layout(input_shape, false, layers, layout, loss)
+    }
+
+    /// A graph from its nodes and layout (see [`ParamLayout::graph`]); node inputs must refer
+    /// to earlier values.
+    pub fn from_layout(
+        input_shape: Vec<usize>,
+        input_int: bool,
+        layers: Vec<Box<dyn Layer<T>>>,
+        layout: ParamLayout,
+        loss: Loss,
+    ) -> Self {
+        let nv = layers.len() + 1;
+        let mut last_use = vec![usize::MAX; nv];
+        for (l, ins) in layout.node_inputs.iter().enumerate() {
+            for &v in ins {
+                last_use[v] = l;
+            }
+        }
+        last_use[nv - 1] = usize::MAX;
+        Self { input_shape, input_int, layers, layout, loss, warnings: Vec::new(), last_use }
     }
 
     /// Number of parameters `D`.
@@ -217,18 +392,54 @@ impl<T: Float> Network<T> {
         self.input_shape.iter().product()
     }
 
-    /// Number of outputs `C`.
+    /// Per-sample output shape (`[C]`, or e.g. `[T, V]` for a language model).
+    pub fn output_shape(&self) -> Vec<usize> {
+        self.layers.last().map_or(self.input_shape.clone(), |l| l.out_shape().to_vec())
+    }
+
+    /// Number of outputs `C` per sample (all axes).
     pub fn out_size(&self) -> usize {
         self.layers.last().map_or(self.in_size(), |l| l.out_size())
     }
 
-    fn layer_params<'a>(&self, l: usize, theta: &'a [T]) -> &'a [T] {
-        let off = self.layout.layer_offset[l];
-        &theta[off..off + self.layers[l].num_params()]
+    /// The values node `l` reads (`0` = the model input, `v` = node `v − 1`'s output).
+    pub fn inputs_of(&self, l: usize) -> &[usize] {
+        &self.layout.node_inputs[l]
     }
 
-    fn ctx<'a>(&self, l: usize, theta: &'a [T], tape: &'a Tape<T>) -> Ctx<'a, T> {
-        Ctx { p: self.layer_params(l, theta), x: &tape.acts[l], xs: &[], y: &tape.acts[l + 1], aux: &tape.aux[l], n: tape.n }
+    /// The name of node `l`.
+    pub fn node_name(&self, l: usize) -> &str {
+        &self.layout.node_names[l]
+    }
+
+    /// Whether the network is a chain (each node reads the previous one).
+    pub fn is_chain(&self) -> bool {
+        self.layout.node_inputs.iter().enumerate().all(|(l, ins)| ins.as_slice() == [l])
+    }
+
+    /// Node `l`'s first input on the tape (`[N, I]`; empty for a node without inputs).
+    pub fn node_input<'a>(&self, l: usize, tape: &'a Tape<T>) -> &'a [T] {
+        self.layout.node_inputs[l].first().map_or(&[][..], |&v| tape.acts[v].as_slice())
+    }
+
+    /// The layer's parameters within `θ` (its roles concatenated).
+    pub fn params_of<'a>(&self, l: usize, theta: &'a [T]) -> Cow<'a, [T]> {
+        self.layout.node_params(l, theta)
+    }
+
+    /// Runs `f` with node `l`'s rule context on a tape.
+    pub fn with_ctx<R>(&self, l: usize, theta: &[T], tape: &Tape<T>, f: impl FnOnce(&Ctx<T>) -> R) -> R {
+        let p = self.layout.node_params(l, theta);
+        let xs: Vec<&[T]> = self.layout.node_inputs[l].iter().map(|&v| tape.acts[v].as_slice()).collect();
+        let c = Ctx {
+            p: &p,
+            x: xs.first().copied().unwrap_or(&[]),
+            xs: &xs,
+            y: &tape.acts[l + 1],
+            aux: &tape.aux[l],
+            n: tape.n,
+        };
+        f(&c)
     }
 
     /// Forward pass on a batch `x` (`[n, I]`), keeping what the derivative rules need.
@@ -237,28 +448,45 @@ impl<T: Float> Network<T> {
         let mut aux = Vec::with_capacity(self.layers.len());
         acts.push(x.to_vec());
         for (l, layer) in self.layers.iter().enumerate() {
-            let (y, a) = layer.forward(self.layer_params(l, theta), &acts[l], n);
+            let p = self.layout.node_params(l, theta);
+            let xs: Vec<&[T]> = self.layout.node_inputs[l].iter().map(|&v| acts[v].as_slice()).collect();
+            let (y, a) = layer.forward_inputs(&p, &xs, n);
             acts.push(y);
             aux.push(a);
         }
         Tape { acts, aux, n }
     }
 
-    /// Network outputs `[n, C]` without keeping a tape.
+    /// Network outputs `[n, C]` without keeping a tape (values are freed after their last use).
     pub fn predict(&self, theta: &[T], x: &[T], n: usize) -> Vec<T> {
-        let mut cur = x.to_vec();
+        let nl = self.layers.len();
+        let mut vals: Vec<Option<Cow<[T]>>> = vec![None; nl + 1];
+        vals[0] = Some(Cow::Borrowed(x));
         for (l, layer) in self.layers.iter().enumerate() {
-            cur = layer.forward(self.layer_params(l, theta), &cur, n).0;
+            let p = self.layout.node_params(l, theta);
+            let y = {
+                let xs: Vec<&[T]> = self.layout.node_inputs[l]
+                    .iter()
+                    .map(|&v| vals[v].as_deref().expect("value computed before use"))
+                    .collect();
+                layer.forward_inputs(&p, &xs, n).0
+            };
+            for &v in &self.layout.node_inputs[l] {
+                if self.last_use[v] == l {
+                    vals[v] = None;
+                }
+            }
+            vals[l + 1] = Some(Cow::Owned(y));
         }
-        cur
+        vals[nl].take().map(Cow::into_owned).unwrap_or_default()
     }
 
     /// The layer's parameter tangents from a subset block `[K, D_S]`.
     fn gather_layer<'a>(&self, l: usize, block: &'a [T], k: usize, active: &ActiveSet) -> LayerIn<'a, T> {
         let d = active.dim;
         self.layout.layer_entries[l]
-            .clone()
-            .map(|i| {
+            .iter()
+            .map(|&i| {
                 let so = active.sub_offset[i]?;
                 let len = self.layout.entries[i].len;
                 Some(if k == 1 {
@@ -284,14 +512,25 @@ impl<T: Float> Network<T> {
         active: &ActiveSet,
         f: impl FnOnce(&mut [Option<&mut [T]>]),
     ) {
-        let range = self.layout.layer_entries[l].clone();
+        let roles = &self.layout.layer_entries[l];
         let d = active.dim;
-        if k == 1 {
-            // active entries of a layer are contiguous in the subset vector: split it
-            let mut views: Vec<Option<&mut [T]>> = Vec::with_capacity(range.len());
+        // active roles at increasing offsets can be handed out as disjoint views of `out`
+        let increasing = {
+            let mut at = 0;
+            roles.iter().all(|&i| match active.sub_offset[i] {
+                Some(so) if so >= at => {
+                    at = so + self.layout.entries[i].len;
+                    true
+                }
+                Some(_) => false,
+                None => true,
+            })
+        };
+        if k == 1 && increasing {
+            let mut views: Vec<Option<&mut [T]>> = Vec::with_capacity(roles.len());
             let mut rest: &mut [T] = out;
             let mut consumed = 0;
-            for i in range {
+            for &i in roles {
                 match active.sub_offset[i] {
                     Some(so) => {
                         let len = self.layout.entries[i].len;
@@ -307,15 +546,15 @@ impl<T: Float> Network<T> {
             }
             f(&mut views);
         } else {
-            let mut bufs: Vec<Option<Vec<T>>> = range
-                .clone()
-                .map(|i| active.sub_offset[i].map(|_| vec![T::zero(); k * self.layout.entries[i].len]))
+            let mut bufs: Vec<Option<Vec<T>>> = roles
+                .iter()
+                .map(|&i| active.sub_offset[i].map(|_| vec![T::zero(); k * self.layout.entries[i].len]))
                 .collect();
             {
                 let mut views: Vec<Option<&mut [T]>> = bufs.iter_mut().map(|b| b.as_deref_mut()).collect();
                 f(&mut views);
             }
-            for (i, b) in range.zip(bufs) {
+            for (&i, b) in roles.iter().zip(bufs) {
                 if let (Some(so), Some(b)) = (active.sub_offset[i], b) {
                     let len = self.layout.entries[i].len;
                     for kk in 0..k {
@@ -330,10 +569,15 @@ impl<T: Float> Network<T> {
         }
     }
 
+    /// Whether a cotangent must flow into value `v` (it depends on the active parameters).
+    fn wants_cotangent(&self, v: usize, active: &ActiveSet) -> bool {
+        v > 0 && active.upstream[v - 1]
+    }
+
     /// Forward-mode derivative with respect to the active parameters: for `K` parameter
-    /// tangents `dθ` (`[K, D_S]`) returns the tangents of every layer input and of the output
-    /// (`[N, K, ·]`; `None` where identically zero). With `keep_all = false` only the output
-    /// tangent (last element) is kept.
+    /// tangents `dθ` (`[K, D_S]`) returns the tangent of every value of the graph (`[N, K, ·]`;
+    /// `None` where identically zero; element `0` is the input, the last the output). With
+    /// `keep_all = false` only the output tangent is kept.
     pub fn jvp(
         &self,
         theta: &[T],
@@ -344,49 +588,91 @@ impl<T: Float> Network<T> {
         keep_all: bool,
     ) -> Vec<Option<Vec<T>>> {
         let nl = self.layers.len();
-        let mut kept: Vec<Option<Vec<T>>> = vec![None; nl + 1];
-        let mut cur: Option<Vec<T>> = None;
+        let mut tan: Vec<Option<Vec<T>>> = vec![None; nl + 1];
         for (l, layer) in self.layers.iter().enumerate() {
-            if l < active.first_layer {
+            if !active.upstream[l] {
                 continue;
             }
-            let c = self.ctx(l, theta, tape);
-            let mut next = cur.as_ref().map(|dx| layer.jvp_input(&c, dx, k));
-            if active.layer_active[l] {
-                let dp = self.gather_layer(l, dtheta, k, active);
-                let dpr: Vec<Option<&[T]>> = dp.iter().map(|o| o.as_deref()).collect();
-                let dy = next.get_or_insert_with(|| vec![T::zero(); tape.n * k * layer.out_size()]);
-                layer.jvp_param(&c, &dpr, k, dy);
+            let next = self.with_ctx(l, theta, tape, |c| {
+                let ins = &self.layout.node_inputs[l];
+                let dxs: Vec<Option<&[T]>> = ins.iter().map(|&v| tan[v].as_deref()).collect();
+                let mut next = if dxs.iter().any(Option::is_some) { layer.jvp_inputs(c, &dxs, k) } else { None };
+                if active.layer_active[l] {
+                    let dp = self.gather_layer(l, dtheta, k, active);
+                    let dpr: Vec<Option<&[T]>> = dp.iter().map(|o| o.as_deref()).collect();
+                    let dy = next.get_or_insert_with(|| vec![T::zero(); tape.n * k * layer.out_size()]);
+                    layer.jvp_param(c, &dpr, k, dy);
+                }
+                next
+            });
+            if !keep_all {
+                for &v in &self.layout.node_inputs[l] {
+                    if self.last_use[v] == l {
+                        tan[v] = None;
+                    }
+                }
             }
-            if keep_all {
-                kept[l] = cur.take();
-            }
-            cur = next;
+            tan[l + 1] = next;
         }
-        kept[nl] = Some(cur.unwrap_or_else(|| vec![T::zero(); tape.n * k * self.out_size()]));
-        kept
+        if tan[nl].is_none() {
+            tan[nl] = Some(vec![T::zero(); tape.n * k * self.out_size()]);
+        }
+        tan
     }
 
     /// Reverse-mode derivative: `out += Σ_n J_nᵀ g_{n,k}` for `K` output cotangents `g`
-    /// (`[N, K, C]`), into the subset block `out` (`[K, D_S]`).
+    /// (`[N, K, C]`), into the subset block `out` (`[K, D_S]`). Cotangents are summed where a
+    /// value fans out, and a tied tensor's gradient over its uses.
     pub fn vjp(&self, theta: &[T], tape: &Tape<T>, g: Vec<T>, k: usize, active: &ActiveSet, out: &mut [T]) {
-        let mut g = g;
-        for l in (active.first_layer.min(self.layers.len())..self.layers.len()).rev() {
-            let layer = &self.layers[l];
-            let c = self.ctx(l, theta, tape);
-            if active.layer_active[l] {
-                self.with_layer_out(l, out, k, active, |views| layer.vjp_param(&c, &g, k, views));
+        self.reverse(theta, tape, g, k, active, |l, c, gl| {
+            self.with_layer_out(l, out, k, active, |views| self.layers[l].vjp_param(c, gl, k, views));
+        });
+    }
+
+    /// The reverse sweep shared by [`Self::vjp`] and [`Self::vjp_per_sample`]: calls
+    /// `param(l, ctx, g_l)` for every node with active parameters, with the cotangent at its
+    /// output.
+    fn reverse(
+        &self,
+        theta: &[T],
+        tape: &Tape<T>,
+        g: Vec<T>,
+        k: usize,
+        active: &ActiveSet,
+        mut param: impl FnMut(usize, &Ctx<T>, &[T]),
+    ) {
+        let nl = self.layers.len();
+        let mut cot: Vec<Option<Vec<T>>> = vec![None; nl + 1];
+        cot[nl] = Some(g);
+        for l in (0..nl).rev() {
+            if !active.upstream[l] {
+                continue;
             }
-            if l > active.first_layer {
-                g = layer.vjp_input(&c, &g, k);
+            let Some(gl) = cot[l + 1].take() else { continue };
+            let ins = &self.layout.node_inputs[l];
+            let want: Vec<bool> = ins.iter().map(|&v| self.wants_cotangent(v, active)).collect();
+            let gx = self.with_ctx(l, theta, tape, |c| {
+                if active.layer_active[l] {
+                    param(l, c, &gl);
+                }
+                if want.iter().any(|&w| w) {
+                    self.layers[l].vjp_inputs(c, &gl, k, &want)
+                } else {
+                    Vec::new()
+                }
+            });
+            for (&v, gv) in ins.iter().zip(gx) {
+                if let Some(gv) = gv {
+                    accumulate(&mut cot[v], gv);
+                }
             }
         }
     }
 
-    /// Reverse mode returning the cotangent at every layer's output: element `l + 1` is
-    /// `∂/∂y_l` for `K` output cotangents `g` (`[N, K, C]`), for layers `l ≥ stop`; earlier
-    /// elements are `None`. Element `L` is `g` itself. Used by rules that need backpropagated
-    /// vectors per layer (KFAC's gradient factor, curvature diagonals).
+    /// Reverse mode returning the cotangent at every value: element `l + 1` is `∂/∂y_l` (node
+    /// `l`'s output) for `K` output cotangents `g` (`[N, K, C]`), for nodes `l ≥ stop` that
+    /// reach the output; other elements are `None`. The last element is `g` itself. Used by
+    /// rules that need backpropagated vectors per node (KFAC's gradient factor, diagonals).
     pub fn backward_cotangents(
         &self,
         theta: &[T],
@@ -396,22 +682,26 @@ impl<T: Float> Network<T> {
         stop: usize,
     ) -> Vec<Option<Vec<T>>> {
         let nl = self.layers.len();
-        let mut out: Vec<Option<Vec<T>>> = vec![None; nl + 1];
-        let mut cur = g;
+        let mut cot: Vec<Option<Vec<T>>> = vec![None; nl + 1];
+        cot[nl] = Some(g);
         for l in (stop.min(nl)..nl).rev() {
-            let next = if l > stop { Some(self.layers[l].vjp_input(&self.ctx(l, theta, tape), &cur, k)) } else { None };
-            out[l + 1] = Some(cur);
-            match next {
-                Some(n) => cur = n,
-                None => break,
+            if l == stop {
+                break;
+            }
+            let Some(gl) = cot[l + 1].as_deref() else { continue };
+            let ins = &self.layout.node_inputs[l];
+            let want: Vec<bool> = ins.iter().map(|&v| v > stop).collect();
+            if !want.iter().any(|&w| w) {
+                continue;
+            }
+            let gx = self.with_ctx(l, theta, tape, |c| self.layers[l].vjp_inputs(c, gl, k, &want));
+            for (&v, gv) in ins.iter().zip(gx) {
+                if let Some(gv) = gv {
+                    accumulate(&mut cot[v], gv);
+                }
             }
         }
-        out
-    }
-
-    /// The layer's parameters within `θ`.
-    pub fn params_of<'a>(&self, l: usize, theta: &'a [T]) -> &'a [T] {
-        self.layer_params(l, theta)
+        cot
     }
 
     /// Per-sample reverse mode: row `(n, k)` of `out` (`[N·K, D_S]`, overwritten) is
@@ -420,40 +710,36 @@ impl<T: Float> Network<T> {
         let n = tape.n;
         let d = active.dim;
         out.fill(T::zero());
-        let mut g = g;
-        for l in (active.first_layer.min(self.layers.len())..self.layers.len()).rev() {
-            let layer = &self.layers[l];
-            let c = self.ctx(l, theta, tape);
-            if active.layer_active[l] {
-                let range = self.layout.layer_entries[l].clone();
-                let mut bufs: Vec<Option<Vec<T>>> = range
-                    .clone()
-                    .map(|i| active.sub_offset[i].map(|_| vec![T::zero(); n * k * self.layout.entries[i].len]))
-                    .collect();
-                {
-                    let mut views: Vec<Option<&mut [T]>> = bufs.iter_mut().map(|b| b.as_deref_mut()).collect();
-                    layer.vjp_param_per_sample(&c, &g, k, &mut views);
-                }
-                for (i, b) in range.zip(bufs) {
-                    if let (Some(so), Some(b)) = (active.sub_offset[i], b) {
-                        let len = self.layout.entries[i].len;
-                        for r in 0..n * k {
-                            out[r * d + so..r * d + so + len].copy_from_slice(&b[r * len..(r + 1) * len]);
-                        }
+        self.reverse(theta, tape, g, k, active, |l, c, gl| {
+            let roles = &self.layout.layer_entries[l];
+            let mut bufs: Vec<Option<Vec<T>>> = roles
+                .iter()
+                .map(|&i| active.sub_offset[i].map(|_| vec![T::zero(); n * k * self.layout.entries[i].len]))
+                .collect();
+            {
+                let mut views: Vec<Option<&mut [T]>> = bufs.iter_mut().map(|b| b.as_deref_mut()).collect();
+                self.layers[l].vjp_param_per_sample(c, gl, k, &mut views);
+            }
+            for (&i, b) in roles.iter().zip(bufs) {
+                if let (Some(so), Some(b)) = (active.sub_offset[i], b) {
+                    let len = self.layout.entries[i].len;
+                    for r in 0..n * k {
+                        curvops_tensor::ops::axpy(
+                            T::one(),
+                            &b[r * len..(r + 1) * len],
+                            &mut out[r * d + so..r * d + so + len],
+                        );
                     }
                 }
             }
-            if l > active.first_layer {
-                g = layer.vjp_input(&c, &g, k);
-            }
-        }
+        });
     }
 
     /// Backpropagates the R-operator for `K` Hessian-vector products: given the parameter
-    /// tangents `dθ` (`[K, D_S]`), the tangents `rx` of every layer input from
-    /// [`Self::jvp`] with `keep_all`, the output cotangent `g = ∂L/∂f` (`[N, C]`) and its
-    /// directional derivative `R(g) = ∇²_f L · R(f)` (`[N, K, C]`), adds `∇²_θ L · dθ` to
-    /// `out` (`[K, D_S]`).
+    /// tangents `dθ` (`[K, D_S]`), the tangent `rx` of every value from [`Self::jvp`] with
+    /// `keep_all`, the output cotangent `g = ∂L/∂f` (`[N, C]`) and its directional derivative
+    /// `R(g) = ∇²_f L · R(f)` (`[N, K, C]`), adds `∇²_θ L · dθ` to `out` (`[K, D_S]`).
+    /// Primal cotangents and their R-values are summed where a value fans out.
     #[allow(clippy::too_many_arguments)]
     pub fn hvp_backward(
         &self,
@@ -467,36 +753,69 @@ impl<T: Float> Network<T> {
         active: &ActiveSet,
         out: &mut [T],
     ) {
-        let (mut g, mut rg) = (g, rg);
-        let first = active.first_layer.min(self.layers.len());
-        // the lowest layer that reads the primal cotangent: below it, g is not propagated
-        let g_low = (first..self.layers.len())
-            .find(|&l| self.layers[l].hvp_needs_g(rx[l].is_some(), active.layer_active[l], l > first))
-            .unwrap_or(self.layers.len());
-        for l in (first..self.layers.len()).rev() {
+        let nl = self.layers.len();
+        // which nodes need the primal cotangent at their output: those whose rule reads it,
+        // and those it must pass through to reach such a node
+        let mut need_g = vec![false; nl];
+        for l in 0..nl {
+            if !active.upstream[l] {
+                continue;
+            }
+            let ins = &self.layout.node_inputs[l];
+            let rx_any = ins.iter().any(|&v| rx[v].is_some());
+            let want_any = ins.iter().any(|&v| self.wants_cotangent(v, active));
+            need_g[l] = self.layers[l].hvp_needs_g(rx_any, active.layer_active[l], want_any)
+                || ins.iter().any(|&v| v > 0 && need_g[v - 1]);
+        }
+        let mut gc: Vec<Option<Vec<T>>> = vec![None; nl + 1];
+        let mut rc: Vec<Option<Vec<T>>> = vec![None; nl + 1];
+        gc[nl] = Some(g);
+        rc[nl] = Some(rg);
+        for l in (0..nl).rev() {
+            if !active.upstream[l] {
+                continue;
+            }
+            let Some(rgl) = rc[l + 1].take() else { continue };
+            let gl = gc[l + 1].take();
             let layer = &self.layers[l];
-            let c = self.ctx(l, theta, tape);
+            let ins = &self.layout.node_inputs[l];
+            let want: Vec<bool> = ins.iter().map(|&v| self.wants_cotangent(v, active)).collect();
             let dp = if active.layer_active[l] {
                 self.gather_layer(l, dtheta, k, active)
             } else {
                 vec![None; self.layout.layer_entries[l].len()]
             };
             let dpr: Vec<Option<&[T]>> = dp.iter().map(|o| o.as_deref()).collect();
-            let want = l > active.first_layer;
-            let mut rgx = None;
-            if active.layer_active[l] {
-                self.with_layer_out(l, out, k, active, |views| {
-                    rgx = layer.hvp_backward(&c, rx[l].as_deref(), &dpr, &g, &rg, k, views, want);
-                });
-            } else {
-                let mut none: Vec<Option<&mut [T]>> = (0..dpr.len()).map(|_| None).collect();
-                rgx = layer.hvp_backward(&c, rx[l].as_deref(), &dpr, &g, &rg, k, &mut none, want);
-            }
-            if want {
-                if l > g_low {
-                    g = layer.vjp_input(&c, &g, 1);
+            let rxs: Vec<Option<&[T]>> = ins.iter().map(|&v| rx[v].as_deref()).collect();
+            let g_ref: &[T] = gl.as_deref().unwrap_or(&[]);
+            let (rgx, gx) = self.with_ctx(l, theta, tape, |c| {
+                let mut rgx = Vec::new();
+                if active.layer_active[l] {
+                    self.with_layer_out(l, out, k, active, |views| {
+                        rgx = layer.hvp_backward_inputs(c, &rxs, &dpr, g_ref, &rgl, k, views, &want);
+                    });
+                } else {
+                    let mut none: Vec<Option<&mut [T]>> = (0..dpr.len()).map(|_| None).collect();
+                    rgx = layer.hvp_backward_inputs(c, &rxs, &dpr, g_ref, &rgl, k, &mut none, &want);
                 }
-                rg = rgx.expect("hvp_backward returns R(g_x) when asked");
+                let want_g: Vec<bool> =
+                    ins.iter().zip(&want).map(|(&v, &w)| w && v > 0 && need_g[v - 1]).collect();
+                let gx = if gl.is_some() && want_g.iter().any(|&w| w) {
+                    layer.vjp_inputs(c, g_ref, 1, &want_g)
+                } else {
+                    Vec::new()
+                };
+                (rgx, gx)
+            });
+            for (&v, r) in ins.iter().zip(rgx) {
+                if let Some(r) = r {
+                    accumulate(&mut rc[v], r);
+                }
+            }
+            for (&v, gv) in ins.iter().zip(gx) {
+                if let Some(gv) = gv {
+                    accumulate(&mut gc[v], gv);
+                }
             }
         }
     }

@@ -125,9 +125,6 @@ pub fn hessian_diag<T: Float>(p: &Problem<T>, active: &ActiveSet, batch_size: us
     curvature_diag(p, DiagKind::Hessian, active, batch_size)
 }
 
-fn ctx<'a, T: Float>(net: &Network<T>, theta: &'a [T], tape: &'a Tape<T>, l: usize) -> Ctx<'a, T> {
-    Ctx { p: net.params_of(l, theta), x: &tape.acts[l], y: &tape.acts[l + 1], aux: &tape.aux[l], n: tape.n }
-}
 
 /// Backpropagates `K` columns per sample (`g`: `[n, K, ·]` at the output of layer `top`) down to
 /// the first active layer, adding `Σ_{n,k} w_{nk} (∂y/∂θ)ᵀ g_{nk})²` of every active layer.
@@ -147,15 +144,27 @@ fn backprop_group<T: Float>(
     if top < first {
         return;
     }
+    if top + 1 == net.layers.len() {
+        // from the output: the cotangent at every node, summed where values fan out
+        let cots = net.backward_cotangents(theta, tape, g, k, first);
+        for l in first..=top {
+            if let (true, Some(gl)) = (active.layer_active[l], cots[l + 1].as_deref()) {
+                net.with_ctx(l, theta, tape, |c| add_layer_diag(net, l, c, gl, k, w, active, out));
+            }
+        }
+        return;
+    }
+    // from inside a chain (the Hessian's residual columns)
     let mut g = g;
     for l in (first..=top).rev() {
-        let c = ctx(net, theta, tape, l);
-        if active.layer_active[l] {
-            add_layer_diag(net, l, &c, &g, k, w, active, out);
-        }
-        if l > first {
-            g = net.layers[l].vjp_input(&c, &g, k);
-        }
+        net.with_ctx(l, theta, tape, |c| {
+            if active.layer_active[l] {
+                add_layer_diag(net, l, c, &g, k, w, active, out);
+            }
+            if l > first {
+                g = net.layers[l].vjp_input(c, &g, k);
+            }
+        });
     }
 }
 
@@ -173,7 +182,7 @@ fn add_layer_diag<T: Float>(
 ) {
     let layer = &net.layers[l];
     let entries = net.layout.layer_entries[l].clone();
-    let offs: Vec<Option<usize>> = entries.clone().map(|i| active.sub_offset[i]).collect();
+    let offs: Vec<Option<usize>> = entries.iter().map(|&i| active.sub_offset[i]).collect();
     let n = c.n;
     let any = layer.as_any();
     if any.downcast_ref::<Linear>().is_some() {
@@ -261,7 +270,7 @@ fn add_layer_diag<T: Float>(
         return;
     }
     // generic: the layer's per-sample parameter gradients
-    let lens: Vec<usize> = entries.clone().map(|i| net.layout.entries[i].len).collect();
+    let lens: Vec<usize> = entries.iter().map(|&i| net.layout.entries[i].len).collect();
     let mut bufs: Vec<Option<Vec<T>>> =
         offs.iter().zip(&lens).map(|(o, &len)| o.map(|_| vec![T::zero(); n * k * len])).collect();
     {
@@ -309,7 +318,7 @@ fn add_residuals<T: Float>(
             at_output[l] = Some(g.clone());
         }
         if l > lowest {
-            g = net.layers[l].vjp_input(&ctx(net, theta, tape, l), &g, 1);
+            g = net.with_ctx(l, theta, tape, |cx| net.layers[l].vjp_input(cx, &g, 1));
         }
     }
     // the widest layer input/output the columns pass through (for the chunk size)

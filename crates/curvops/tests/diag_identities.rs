@@ -55,7 +55,7 @@ fn diagonals_equal_dense_diagonals_on_random_networks() {
 #[test]
 fn mc_diagonal_converges_to_ggn_diagonal() {
     for kind in [LossKind::CrossEntropy, LossKind::Mse, LossKind::BceWithLogits] {
-        let p = random_problem::<f64>(&mlp_spec(Loss { kind, reduction: Reduction::Mean }), 6, 21, false);
+        let p = random_problem::<f64>(&mlp_spec(Loss { kind, reduction: Reduction::Mean, positions: 1 }), 6, 21, false);
         let all = ActiveSet::all(&p.net.layout);
         let d = all.dim;
         let exact = ggn_diag(&p, &all, 0);
@@ -102,7 +102,7 @@ fn mc_diagonal_converges_to_ggn_diagonal() {
 /// f32 diagonals agree with f64 ones to f32 accuracy.
 #[test]
 fn f32_diagonals_close_to_f64() {
-    let loss = Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Mean };
+    let loss = Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Mean, positions: 1 };
     let spec = cnn_spec(loss);
     let p64 = random_problem::<f64>(&spec, 4, 7, false);
     let p32 = random_problem::<f32>(&spec, 4, 7, false);

@@ -47,7 +47,7 @@ fn mlp(widths: &[usize], loss: Loss, seed: u64) -> (Network<f64>, Vec<f64>) {
         if !layers.is_empty() {
             layers.push(LayerSpec::Activation(ActivationKind::Tanh));
         }
-        layers.push(LayerSpec::Linear { in_f: w[0], out_f: w[1], bias: true });
+        layers.push(LayerSpec::Linear { in_f: w[0], out_f: w[1], bias: true, transposed: false });
     }
     let spec = ModelSpec { input_shape: vec![widths[0]], layers, loss };
     let net = spec.build::<f64>("<test>", &|_, _| unreachable!()).unwrap();
@@ -76,7 +76,7 @@ fn sine(n: usize, sigma: f64, seed: u64) -> (Dataset<f64>, f64) {
 fn marglik_recovers_the_noise_of_a_sine() {
     let (n, sigma) = (150, 0.3);
     let (data, realized) = sine(n, sigma, 0);
-    let loss = Loss { kind: LossKind::Mse, reduction: Reduction::Mean };
+    let loss = Loss { kind: LossKind::Mse, reduction: Reduction::Mean, positions: 1 };
     let (net, mut theta) = mlp(&[1, 32, 32, 1], loss, 3);
     // MAP under the prior τ = 1 with σ = 0.3: weight decay τ·2σ²/(N·C)
     let wd = optim::weight_decay_of_prior_precision(loss, n, 1, 0, sigma, 1.0);
@@ -128,7 +128,7 @@ fn sigma_over_seeds() {
     let (n, sigma) = (150, 0.3);
     for seed in 0..8u64 {
         let (data, realized) = sine(n, sigma, seed);
-        let loss = Loss { kind: LossKind::Mse, reduction: Reduction::Mean };
+        let loss = Loss { kind: LossKind::Mse, reduction: Reduction::Mean, positions: 1 };
         let (net, mut theta) = mlp(&[1, 32, 32, 1], loss, 3);
         let wd = optim::weight_decay_of_prior_precision(loss, n, 1, 0, sigma, 1.0);
         let kind = OptimizerKind::Adam { lr: 0.01, betas: (0.9, 0.999), eps: 1e-8, weight_decay: wd };

@@ -203,3 +203,52 @@ fn cached_operator_equals_cold_operator() {
         assert_eq!(tiny.cache().batches_held(), 0);
     }
 }
+
+/// Graph models (`../shared/reference-graph`): outputs, loss, gradient, Hessian, GGN, EF,
+/// Jacobian and per-sample gradients, unbatched and at meta.json's batch size.
+#[test]
+fn graph_problems_match() {
+    let mut log = ErrorLog::new(TOL);
+    let mut rng = Rng::new(3);
+    for name in GRAPH_PROBLEMS {
+        let (p, r) = Reference::load_graph(name);
+        let all = ActiveSet::all(&p.net.layout);
+        let d = all.dim;
+        assert_eq!(d, r.meta["D"].as_u64().unwrap() as usize, "{name}: D");
+        // the flat order is meta.json's param_order
+        for (e, m) in p.net.layout.entries.iter().zip(r.meta["param_order"].as_array().unwrap()) {
+            assert_eq!(e.name, m["name"].as_str().unwrap(), "{name}: parameter order");
+            assert_eq!(e.offset, m["offset"].as_u64().unwrap() as usize, "{name}: offset of {}", e.name);
+        }
+        let (_, outs) = r.array("outputs");
+        log.rel("outputs", name, &p.net.predict(&p.theta, &p.data.x, p.data.n), &outs);
+        let (_, loss) = r.array("loss");
+        let (_, grad) = r.array("grad");
+        let (_, psg) = r.array("per_sample_loss_grads");
+        let (shape, jref) = r.array("jacobian");
+        for bs in batch_sizes(&r) {
+            let (l, g) = loss_and_grad(&p, &all, bs);
+            log.check("loss", format!("{name} bs={bs}"), (l - loss[0]).abs() / loss[0].abs());
+            log.rel("grad", format!("{name} bs={bs}"), &g, &grad);
+            log.rel("per-sample grads", format!("{name} bs={bs}"), &per_sample_grads(&p, &all, bs), &psg);
+            log.rel("jacobian", format!("{name} bs={bs}"), &dense_jacobian(&p, &all, bs), &jref);
+            for (kind, key) in [(Curvature::Hessian, "hessian"), (Curvature::Ggn, "ggn"), (Curvature::Ef, "ef")] {
+                let (_, want) = r.array(key);
+                let op = CurvatureOperator::new(&p, kind, all.clone(), bs);
+                log.rel(key, format!("{name} bs={bs} dense"), &dense_curvature(&op, &|_, _| {}), &want);
+                let k = 3;
+                let v: Vec<f64> = (0..k * d).map(|_| rng.normal()).collect();
+                log.rel(key, format!("{name} bs={bs} matvec"), &op.apply_block(&v, k), &matmul_block(&want, d, d, &v, k));
+            }
+        }
+        let rows = shape[0];
+        let op = JacobianOperator::new(&p, all.clone(), 0, false);
+        let v: Vec<f64> = (0..2 * d).map(|_| rng.normal()).collect();
+        log.rel("jacobian", format!("{name} J v"), &op.jvp_block(&v, 2), &matmul_block(&jref, rows, d, &v, 2));
+        let opt = JacobianOperator::new(&p, all.clone(), 0, true);
+        let jt: Vec<f64> = (0..d).flat_map(|i| (0..rows).map(move |q| (i, q))).map(|(i, q)| jref[q * d + i]).collect();
+        let u: Vec<f64> = (0..2 * rows).map(|_| rng.normal()).collect();
+        log.rel("jacobian-t", format!("{name} J^T u"), &opt.vjp_block(&u, 2), &matmul_block(&jt, d, rows, &u, 2));
+    }
+    log.finish();
+}

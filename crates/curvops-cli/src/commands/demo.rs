@@ -30,12 +30,12 @@ use std::time::Instant;
 
 /// The built-in problem: spirals + MLP with PyTorch-style initialization (seeded).
 pub fn builtin_problem<T: Float>(seed: u64) -> Problem<T> {
-    let lin = |i, o| LayerSpec::Linear { in_f: i, out_f: o, bias: true };
+    let lin = |i, o| LayerSpec::Linear { in_f: i, out_f: o, bias: true, transposed: false };
     let tanh = LayerSpec::Activation(ActivationKind::Tanh);
     let spec = ModelSpec {
         input_shape: vec![2],
         layers: vec![lin(2, 16), tanh.clone(), lin(16, 16), tanh, lin(16, 3)],
-        loss: Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Mean },
+        loss: Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Mean, positions: 1 },
     };
     let net =
         spec.build::<T>("<built-in demo>", &|_, _| unreachable!("no batch norm")).expect("built-in spec is valid");

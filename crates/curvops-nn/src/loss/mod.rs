@@ -39,6 +39,32 @@ pub struct Loss {
     pub kind: LossKind,
     /// Which reduction.
     pub reduction: Reduction,
+    /// Positions per sample for cross-entropy on outputs `[T, C]` (`T`; 1 for `[C]`): sample
+    /// `n`'s loss is the sum over its `T` positions, each a softmax over the last axis, and
+    /// `mean` averages over all `N·T` positions (as `F.cross_entropy(out.reshape(-1, C), y.reshape(-1))`).
+    pub positions: usize,
+}
+
+impl Loss {
+    /// A loss on vector outputs (one position per sample).
+    pub fn new(kind: LossKind, reduction: Reduction) -> Self {
+        Self { kind, reduction, positions: 1 }
+    }
+}
+
+/// `[n, K, T, V]` ↔ `[n, T, K, V]`: swaps the tangent and position axes of each sample.
+fn swap_kt<T: Float>(v: &[T], n: usize, a: usize, b: usize, w: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); v.len()];
+    for s in 0..n {
+        for i in 0..a {
+            for j in 0..b {
+                let src = ((s * a + i) * b + j) * w;
+                let dst = ((s * b + j) * a + i) * w;
+                out[dst..dst + w].copy_from_slice(&v[src..src + w]);
+            }
+        }
+    }
+    out
 }
 
 impl Loss {
@@ -46,13 +72,18 @@ impl Loss {
     pub fn factor(&self, n_total: usize, c_out: usize) -> f64 {
         match (self.reduction, self.kind) {
             (Reduction::Sum, _) => 1.0,
-            (Reduction::Mean, LossKind::CrossEntropy) => 1.0 / n_total as f64,
+            (Reduction::Mean, LossKind::CrossEntropy) => 1.0 / (n_total * self.positions) as f64,
             (Reduction::Mean, _) => 1.0 / (n_total * c_out) as f64,
         }
     }
 
     /// `ℓ_n` for each sample: `[n]`.
     pub fn values<T: Float>(&self, f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> Vec<T> {
+        let t = self.positions;
+        if t > 1 {
+            let per = cross_entropy::values(f, y, n * t, c / t);
+            return per.chunks_exact(t).map(|r| r.iter().fold(T::zero(), |a, &b| a + b)).collect();
+        }
         match self.kind {
             LossKind::Mse => mse::values(f, dense(y), n, c),
             LossKind::CrossEntropy => cross_entropy::values(f, y, n, c),
@@ -62,6 +93,10 @@ impl Loss {
 
     /// `∇_f ℓ_n`: `[n, C]`.
     pub fn grad<T: Float>(&self, f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> Vec<T> {
+        let t = self.positions;
+        if t > 1 {
+            return cross_entropy::grad(f, y, n * t, c / t);
+        }
         match self.kind {
             LossKind::Mse => mse::grad(f, dense(y), n, c),
             LossKind::CrossEntropy => cross_entropy::grad(f, y, n, c),
@@ -71,6 +106,13 @@ impl Loss {
 
     /// `∇²_f ℓ_n v_{n,k}` for `K` vectors per sample: `v` and result `[n, K, C]`.
     pub fn hess_vp<T: Float>(&self, f: &[T], y: TargetsRef<T>, v: &[T], n: usize, c: usize, k: usize) -> Vec<T> {
+        let t = self.positions;
+        if t > 1 {
+            let w = c / t;
+            let vt = swap_kt(v, n, k, t, w);
+            let hv = cross_entropy::hess_vp(f, y, &vt, n * t, w, k);
+            return swap_kt(&hv, n, t, k, w);
+        }
         match self.kind {
             LossKind::Mse => v.iter().map(|&x| T::of(2.0) * x).collect(),
             LossKind::CrossEntropy => cross_entropy::hess_vp(f, y, v, n, c, k),
@@ -81,6 +123,23 @@ impl Loss {
     /// A factor `S_n` (`C × R`) with `S_n S_nᵀ = ∇²_f ℓ_n`, returned as its columns:
     /// `[n, R, C]` (so it is directly a block of `R` output cotangents), and `R`.
     pub fn hess_factor<T: Float>(&self, f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> (Vec<T>, usize) {
+        let t = self.positions;
+        if t > 1 {
+            // block diagonal over positions: column (t, j) holds position t's column j
+            let w = c / t;
+            let per = cross_entropy::factor(f, y, n * t, w); // [n·T, w, w]
+            let mut out = vec![T::zero(); n * c * c];
+            for s in 0..n {
+                for p in 0..t {
+                    for j in 0..w {
+                        let src = ((s * t + p) * w + j) * w;
+                        let dst = (s * c + p * w + j) * c + p * w;
+                        out[dst..dst + w].copy_from_slice(&per[src..src + w]);
+                    }
+                }
+            }
+            return (out, c);
+        }
         match self.kind {
             LossKind::Mse => (mse::factor(n, c), c),
             LossKind::CrossEntropy => (cross_entropy::factor(f, y, n, c), c),
@@ -89,6 +148,30 @@ impl Loss {
     }
 
     /// Dense per-sample Hessians `∇²_f ℓ_n`: `[n, C, C]`.
+    /// The loss-Hessian factor with each column summed over the positions (curvlinops' KFAC
+    /// for sequence outputs): column `j` of sample `n` holds `S_{n,t}[:, j]` at every position
+    /// `t`, `[n, C/T, C]`, and the number of columns `C/T`. Equals [`Self::hess_factor`] for one
+    /// position.
+    pub fn hess_factor_position_summed<T: Float>(&self, f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> (Vec<T>, usize) {
+        let t = self.positions;
+        if t <= 1 {
+            return self.hess_factor(f, y, n, c);
+        }
+        let w = c / t;
+        let per = cross_entropy::factor(f, y, n * t, w); // [n·T, w, w]
+        let mut out = vec![T::zero(); n * w * c];
+        for s in 0..n {
+            for p in 0..t {
+                for j in 0..w {
+                    let src = ((s * t + p) * w + j) * w;
+                    let dst = (s * w + j) * c + p * w;
+                    out[dst..dst + w].copy_from_slice(&per[src..src + w]);
+                }
+            }
+        }
+        (out, w)
+    }
+
     pub fn hess_dense<T: Float>(&self, f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> Vec<T> {
         let mut eye = vec![T::zero(); n * c * c];
         for s in 0..n {
@@ -116,6 +199,13 @@ impl Loss {
         start: usize,
         m_draws: usize,
     ) -> Vec<T> {
+        let t = self.positions;
+        if t > 1 {
+            // one draw per position, keyed by (seed, global sample · T + position, draw)
+            let w = c / t;
+            let g = cross_entropy::sampled_grads(f, n * t, w, seed, start * t, m_draws); // [n·T, M, w]
+            return swap_kt(&g, n, t, m_draws, w);
+        }
         match self.kind {
             LossKind::Mse => mse::sampled_grads(n, c, seed, start, m_draws),
             LossKind::CrossEntropy => cross_entropy::sampled_grads(f, n, c, seed, start, m_draws),

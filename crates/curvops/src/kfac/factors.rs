@@ -6,7 +6,7 @@ use super::kernels::{gram_lower_acc, mat_from_rows, symmetrize_lower};
 use super::{FisherType, KfacApprox, KfacError, KfacOptions};
 use crate::Problem;
 use curvops_nn::data::Batch;
-use curvops_nn::layers::{Aux, Conv2d, Ctx, Linear};
+use curvops_nn::layers::{Aux, Conv2d, Linear};
 use curvops_nn::{ActiveSet, Tape};
 use curvops_tensor::{Float, Trans};
 use faer::Mat;
@@ -148,7 +148,7 @@ pub(crate) fn plan_layers<T: Float>(
     let mut plans = Vec::new();
     for (l, layer) in net.layers.iter().enumerate() {
         let range = net.layout.layer_entries[l].clone();
-        let act: Vec<usize> = range.clone().filter(|&i| active.sub_offset[i].is_some()).collect();
+        let act: Vec<usize> = range.iter().copied().filter(|&i| active.sub_offset[i].is_some()).collect();
         if act.is_empty() {
             continue;
         }
@@ -259,9 +259,7 @@ pub(crate) fn data_pass<T: Float>(
             }
             let t0 = std::time::Instant::now();
             if l > stop {
-                let ctx =
-                    Ctx { p: net.params_of(l, theta), x: &tape.acts[l], y: &tape.acts[l + 1], aux: &tape.aux[l], n };
-                cot = net.layers[l].vjp_input(&ctx, &cot, r);
+                cot = net.with_ctx(l, theta, &tape, |ctx| net.layers[l].vjp_input(ctx, &cot, r));
                 if timing {
                     eprintln!("  vjp layer {l} {} {:.2} ms", net.layers[l].kind(), t0.elapsed().as_secs_f64() * 1e3);
                 }

@@ -10,7 +10,7 @@ use crate::Problem;
 use curvops_linalg::algebra::ScaledOp;
 use curvops_linalg::eigen::{eigsh, EigshOptions, Which};
 use curvops_nn::data::Batch;
-use curvops_nn::layers::{Ctx, Linear};
+use curvops_nn::layers::Linear;
 use curvops_nn::{ActiveSet, Network, Tape};
 use curvops_tensor::gemm::view;
 use curvops_tensor::{gemm, threads, Float, Trans};
@@ -460,7 +460,7 @@ fn backprop<T: Float>(
 
 /// The layer's active entries as `(entry index, offset in the subset vector)`.
 fn layer_active(net_layout: &curvops_nn::ParamLayout, active: &ActiveSet, l: usize) -> Vec<(usize, usize)> {
-    net_layout.layer_entries[l].clone().filter_map(|i| active.sub_offset[i].map(|o| (i, o))).collect()
+    net_layout.layer_entries[l].iter().copied().filter_map(|i| active.sub_offset[i].map(|o| (i, o))).collect()
 }
 
 /// The exact diagonal of `H` over the active tensors: per linear layer
@@ -491,7 +491,7 @@ fn diagonal<T: Float>(
             let g = bp.cots[l + 1].as_ref().expect("cotangent of an active layer");
             let out = layer.out_size();
             if layer.as_any().downcast_ref::<Linear>().is_some() {
-                let a = &bp.tape.acts[l];
+                let a = net.node_input(l, &bp.tape);
                 let inp = layer.in_size();
                 let mut g2 = vec![T::zero(); n * out];
                 for i in 0..n {
@@ -517,23 +517,16 @@ fn diagonal<T: Float>(
                     }
                 }
             } else {
-                let ctx = Ctx {
-                    p: net.params_of(l, &p.theta),
-                    x: &bp.tape.acts[l],
-                    y: &bp.tape.acts[l + 1],
-                    aux: &bp.tape.aux[l],
-                    n,
-                };
                 let range = net.layout.layer_entries[l].clone();
                 let mut bufs: Vec<Option<Vec<T>>> = range
-                    .clone()
-                    .map(|i| active.sub_offset[i].map(|_| vec![T::zero(); n * r * net.layout.entries[i].len]))
+                    .iter()
+                    .map(|&i| active.sub_offset[i].map(|_| vec![T::zero(); n * r * net.layout.entries[i].len]))
                     .collect();
                 {
                     let mut views: Vec<Option<&mut [T]>> = bufs.iter_mut().map(|b| b.as_deref_mut()).collect();
-                    layer.vjp_param_per_sample(&ctx, g, r, &mut views);
+                    net.with_ctx(l, &p.theta, &bp.tape, |ctx| layer.vjp_param_per_sample(ctx, g, r, &mut views));
                 }
-                for (i, b) in range.zip(bufs) {
+                for (i, b) in range.into_iter().zip(bufs) {
                     if let (Some(so), Some(b)) = (active.sub_offset[i], b) {
                         let len = net.layout.entries[i].len;
                         for row in b.chunks_exact(len) {

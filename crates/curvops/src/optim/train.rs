@@ -179,11 +179,11 @@ mod tests {
 
     #[test]
     fn weight_decay_relation() {
-        let ce = Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Mean };
+        let ce = Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Mean, positions: 1 };
         assert!((prior_precision_of_weight_decay(ce, 1200, 10, 64, 1.0, 1e-3) - 1.2).abs() < 1e-12);
-        let ces = Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Sum };
+        let ces = Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Sum, positions: 1 };
         assert!((prior_precision_of_weight_decay(ces, 1200, 10, 100, 1.0, 1e-3) - 0.012).abs() < 1e-12);
-        let mse = Loss { kind: LossKind::Mse, reduction: Reduction::Mean };
+        let mse = Loss { kind: LossKind::Mse, reduction: Reduction::Mean, positions: 1 };
         let t = prior_precision_of_weight_decay(mse, 150, 1, 32, 0.3, 1e-3);
         assert!((t - 150.0 * 1e-3 / (2.0 * 0.09)).abs() < 1e-9);
         assert!((weight_decay_of_prior_precision(mse, 150, 1, 32, 0.3, t) - 1e-3).abs() < 1e-15);

@@ -17,7 +17,7 @@
 //! never a `D × D` matrix nor the whole of `V` unless a layer falls back to per-sample gradients.
 
 use super::ConvGram;
-use curvops_nn::layers::{Conv2d, Ctx, Linear};
+use curvops_nn::layers::{Conv2d, Linear};
 use curvops_nn::{ActiveSet, Network, Tape};
 use curvops_tensor::gemm::{view, view_mut};
 use curvops_tensor::{gemm, ops, threads, Float, Trans};
@@ -202,7 +202,8 @@ pub(crate) fn plan<T: Float>(
         };
         let per = match kind {
             FeatKind::PerSample => net.layout.layer_entries[l]
-                .clone()
+                .iter()
+                .copied()
                 .filter(|&i| active.sub_offset[i].is_some())
                 .map(|i| (i, Vec::new()))
                 .collect(),
@@ -229,18 +230,18 @@ pub(crate) fn collect<T: Float>(
     for (i, f) in feats.iter().enumerate() {
         by_layer[f.layer] = Some(i);
     }
-    let mut cot = cot;
+    let cots = net.backward_cotangents(theta, tape, cot, r, stop);
     for l in (stop..net.layers.len()).rev() {
         let layer = &net.layers[l];
-        let ctx = Ctx { p: net.params_of(l, theta), x: &tape.acts[l], y: &tape.acts[l + 1], aux: &tape.aux[l], n };
+        let Some(cot) = cots[l + 1].as_deref() else { continue };
         if let Some(fi) = by_layer[l] {
             let f = &mut feats[fi];
             match f.kind {
                 FeatKind::Linear { .. } => {
                     if f.weight.is_some() {
-                        f.x.extend_from_slice(&tape.acts[l]);
+                        f.x.extend_from_slice(net.node_input(l, tape));
                     }
-                    f.g.extend_from_slice(&cot);
+                    f.g.extend_from_slice(cot);
                 }
                 FeatKind::Conv { .. } => {
                     if f.weight.is_some() {
@@ -249,21 +250,21 @@ pub(crate) fn collect<T: Float>(
                             _ => panic!("conv2d: forward pass did not keep cols"),
                         }
                     }
-                    f.g.extend_from_slice(&cot);
+                    f.g.extend_from_slice(cot);
                 }
                 FeatKind::PerSample => {
                     let range = net.layout.layer_entries[l].clone();
                     let mut bufs: Vec<Option<Vec<T>>> = range
-                        .clone()
-                        .map(|i| {
+                        .iter()
+                        .map(|&i| {
                             f.per.iter().any(|p| p.0 == i).then(|| vec![T::zero(); n * r * net.layout.entries[i].len])
                         })
                         .collect();
                     {
                         let mut views: Vec<Option<&mut [T]>> = bufs.iter_mut().map(|b| b.as_deref_mut()).collect();
-                        layer.vjp_param_per_sample(&ctx, &cot, r, &mut views);
+                        net.with_ctx(l, theta, tape, |ctx| layer.vjp_param_per_sample(ctx, cot, r, &mut views));
                     }
-                    for (i, b) in range.zip(bufs) {
+                    for (i, b) in range.into_iter().zip(bufs) {
                         if let Some(b) = b {
                             let p = f.per.iter_mut().find(|p| p.0 == i).expect("planned tensor");
                             p.1.extend_from_slice(&b);
@@ -271,9 +272,6 @@ pub(crate) fn collect<T: Float>(
                     }
                 }
             }
-        }
-        if l > stop {
-            cot = layer.vjp_input(&ctx, &cot, r);
         }
     }
 }

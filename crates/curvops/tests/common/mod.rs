@@ -13,6 +13,18 @@ pub fn reference_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/reference")
 }
 
+/// The graph reference problems (`../shared/reference-graph`: ResNet block, LayerNorm MLP,
+/// tiny GPT with a tied embedding), read from the shared folder beside the checkout.
+pub fn graph_dir() -> PathBuf {
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/reference-graph");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference-graph")
+}
+
+pub const GRAPH_PROBLEMS: [&str; 3] = ["resnet_block_ce", "layernorm_mlp_mse", "tiny_gpt_ce"];
+
 /// Problems made by `testdata/gen_extra.py`: layer and loss options the visible ones lack.
 pub fn extra_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/extra")
@@ -52,6 +64,10 @@ impl Reference {
     /// A problem of `testdata/reference`.
     pub fn load(name: &str) -> (Problem<f64>, Reference) {
         Self::load_from(&reference_dir(), name)
+    }
+    /// A graph problem of `../shared/reference-graph`.
+    pub fn load_graph(name: &str) -> (Problem<f64>, Reference) {
+        Self::load_from(&graph_dir(), name)
     }
     /// A problem of `testdata/extra`.
     pub fn load_extra(name: &str) -> (Problem<f64>, Reference) {

@@ -39,12 +39,12 @@ pub fn cnn_spec(loss: Loss) -> ModelSpec {
             L::AvgPool2d { kernel: (3, 2), stride: (2, 2), padding: (1, 1) },
             L::Dropout,
             L::Flatten,
-            L::Linear { in_f: 48, out_f: 6, bias: true },
+            L::Linear { in_f: 48, out_f: 6, bias: true, transposed: false },
             L::BatchNorm { dim: 1, num_features: 6, eps: 1e-5, affine: false },
             L::Activation(A::LeakyRelu(0.1)),
-            L::Linear { in_f: 6, out_f: 5, bias: false },
+            L::Linear { in_f: 6, out_f: 5, bias: false, transposed: false },
             L::Activation(A::Sigmoid),
-            L::Linear { in_f: 5, out_f: 3, bias: true },
+            L::Linear { in_f: 5, out_f: 3, bias: true, transposed: false },
         ],
         loss,
     }
@@ -63,9 +63,9 @@ pub fn kfac_cnn_spec(loss: Loss) -> ModelSpec {
             L::Activation(A::Relu),
             L::AvgPool2d { kernel: (3, 2), stride: (2, 2), padding: (1, 1) },
             L::Flatten,
-            L::Linear { in_f: 48, out_f: 5, bias: true },
+            L::Linear { in_f: 48, out_f: 5, bias: true, transposed: false },
             L::Activation(A::Sigmoid),
-            L::Linear { in_f: 5, out_f: 3, bias: true },
+            L::Linear { in_f: 5, out_f: 3, bias: true, transposed: false },
         ],
         loss,
     }
@@ -75,11 +75,11 @@ pub fn mlp_spec(loss: Loss) -> ModelSpec {
     ModelSpec {
         input_shape: vec![4],
         layers: vec![
-            L::Linear { in_f: 4, out_f: 5, bias: true },
+            L::Linear { in_f: 4, out_f: 5, bias: true, transposed: false },
             L::Activation(A::Tanh),
-            L::Linear { in_f: 5, out_f: 5, bias: true },
+            L::Linear { in_f: 5, out_f: 5, bias: true, transposed: false },
             L::Activation(A::Relu),
-            L::Linear { in_f: 5, out_f: 3, bias: true },
+            L::Linear { in_f: 5, out_f: 3, bias: true, transposed: false },
         ],
         loss,
     }
@@ -95,7 +95,7 @@ pub fn random_problem<T: Float>(spec: &ModelSpec, n: usize, seed: u64, soft: boo
     }
     let net = spec
         .build::<T>("<test>", &|i, c| {
-            let (m, v) = &stats[i % 8];
+            let (m, v) = &stats[i.parse::<usize>().unwrap_or(0) % 8];
             Ok(BnBuffers { mean: m[..c].to_vec(), var: v[..c].to_vec(), has_affine: false })
         })
         .unwrap();
@@ -130,9 +130,9 @@ pub fn losses() -> Vec<(Loss, bool)> {
     let mut v = Vec::new();
     for reduction in [Reduction::Mean, Reduction::Sum] {
         for kind in [LossKind::Mse, LossKind::CrossEntropy, LossKind::BceWithLogits] {
-            v.push((Loss { kind, reduction }, false));
+            v.push((Loss { kind, reduction, positions: 1 }, false));
         }
-        v.push((Loss { kind: LossKind::CrossEntropy, reduction }, true));
+        v.push((Loss { kind: LossKind::CrossEntropy, reduction, positions: 1 }, true));
     }
     v
 }
