@@ -1,4 +1,5 @@
-//! Elementwise activations `y = σ(x)`: relu, leaky_relu, tanh, sigmoid, gelu (erf form), silu.
+//! Elementwise activations `y = σ(x)`: relu, leaky_relu, tanh, sigmoid, gelu (erf form and
+//! tanh approximation), silu.
 //!
 //! Rules: `dy = σ'(x) dx`, `g_x = σ'(x) g`, and the R-op
 //! `R(g_x) = σ''(x) R(x) g + σ'(x) R(g)`.
@@ -11,6 +12,12 @@
 //! | sigmoid | `y(1 − y)` | `y(1 − y)(1 − 2y)` |
 //! | gelu `xΦ(x)` | `Φ(x) + xφ(x)` | `φ(x)(2 − x²)` |
 //! | silu `x s(x)` | `s(1 + x(1 − s))` | `s(1 − s)(2 + x(1 − 2s))` |
+//! | gelu tanh `½x(1 + t)` | `½(1 + t) + ½x(1 − t²)u'` | `(1 − t²)(u' − x t u'² + ½x u'')` |
+//!
+//! For the tanh approximation of gelu (PyTorch's `F.gelu(x, approximate='tanh')`),
+//! `u = c(x + a x³)` with `c = √(2/π)`, `a = 0.044715`, `t = tanh(u)`, `u' = c(1 + 3a x²)` and
+//! `u'' = 6 c a x`. Its rules evaluate `t` for the whole batch with the vectorized slice `tanh`
+//! ([`curvops_tensor::vmath::tanh`]) and pass it to the kernels in place of `y`.
 
 use super::{Aux, Ctx, Layer, ParamIn, ParamOut};
 use curvops_tensor::simd::with_simd;
@@ -31,6 +38,47 @@ pub enum ActivationKind {
     Gelu,
     /// `x · sigmoid(x)`.
     Silu,
+    /// `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`, PyTorch's gelu with `approximate='tanh'`
+    /// (type name `"gelu"`; [`ActivationKind::approximate`] tells it from [`ActivationKind::Gelu`]).
+    GeluTanh,
+}
+
+/// `√(2/π)`.
+const GELU_C: f64 = 0.797_884_560_802_865_4;
+/// The cubic coefficient of the tanh approximation of gelu.
+const GELU_A: f64 = 0.044_715;
+
+/// `u = √(2/π)(x + 0.044715x³)`, the argument of `tanh` in the tanh approximation of gelu.
+#[inline(always)]
+fn gelu_tanh_arg<T: Float>(x: T) -> T {
+    T::of(GELU_C) * (x + T::of(GELU_A) * x * x * x)
+}
+
+/// `σ'(x)` of the tanh approximation of gelu, given `t = tanh(u(x))`.
+#[inline(always)]
+fn gelu_tanh_d1_t<T: Float>(x: T, t: T) -> T {
+    let half = T::of(0.5);
+    let du = T::of(GELU_C) * (T::one() + T::of(3.0 * GELU_A) * x * x);
+    half * (T::one() + t) + half * x * (T::one() - t * t) * du
+}
+
+/// `σ''(x)` of the tanh approximation of gelu, given `t = tanh(u(x))`.
+#[inline(always)]
+fn gelu_tanh_d2_t<T: Float>(x: T, t: T) -> T {
+    let du = T::of(GELU_C) * (T::one() + T::of(3.0 * GELU_A) * x * x);
+    let ddu = T::of(6.0 * GELU_C * GELU_A) * x;
+    (T::one() - t * t) * (du - x * t * du * du + T::of(0.5) * x * ddu)
+}
+
+/// `t = tanh(u(x))` for every entry of `x` (vectorized `tanh`).
+fn gelu_tanh_t<T: Float>(x: &[T]) -> Vec<T> {
+    let u: Vec<T> = with_simd(
+        #[inline(always)]
+        || x.iter().map(|&v| gelu_tanh_arg(v)).collect(),
+    );
+    let mut t = vec![T::zero(); x.len()];
+    curvops_tensor::vmath::tanh(&u, &mut t);
+    t
 }
 
 impl ActivationKind {
@@ -41,8 +89,17 @@ impl ActivationKind {
             Self::LeakyRelu(_) => "leaky_relu",
             Self::Tanh => "tanh",
             Self::Sigmoid => "sigmoid",
-            Self::Gelu => "gelu",
+            Self::Gelu | Self::GeluTanh => "gelu",
             Self::Silu => "silu",
+        }
+    }
+
+    /// PyTorch's `approximate` argument of gelu: `"tanh"` for [`ActivationKind::GeluTanh`],
+    /// `"none"` for [`ActivationKind::Gelu`] and every other kind.
+    pub fn approximate(&self) -> &'static str {
+        match self {
+            Self::GeluTanh => "tanh",
+            _ => "none",
         }
     }
 
@@ -68,6 +125,7 @@ impl ActivationKind {
             Self::Sigmoid => sigmoid(x),
             Self::Gelu => x * normal_cdf(x),
             Self::Silu => x * sigmoid(x),
+            Self::GeluTanh => T::of(0.5) * x * (T::one() + gelu_tanh_arg(x).tanh()),
         }
     }
 
@@ -96,6 +154,7 @@ impl ActivationKind {
                 let s = sigmoid(x);
                 s * (T::one() + x * (T::one() - s))
             }
+            Self::GeluTanh => gelu_tanh_d1_t(x, gelu_tanh_arg(x).tanh()),
         }
     }
 
@@ -112,6 +171,7 @@ impl ActivationKind {
                 let s = sigmoid(x);
                 s * (T::one() - s) * (two + x * (T::one() - two * s))
             }
+            Self::GeluTanh => gelu_tanh_d2_t(x, gelu_tanh_arg(x).tanh()),
         }
     }
 
@@ -217,11 +277,16 @@ impl Activation {
     fn size(&self) -> usize {
         self.shape.iter().product()
     }
-    /// `σ'(x) ⊙ v` for `K` stacked `v`.
-    fn mul_d1<T: Float>(&self, c: &Ctx<T>, v: &[T], k: usize) -> Vec<T> {
+    /// `σ'(x) ⊙ v` for `K` stacked `v`; `t` is `tanh(u(x))` for [`ActivationKind::GeluTanh`]
+    /// (computed here when `None`), unused otherwise.
+    fn mul_d1<T: Float>(&self, c: &Ctx<T>, v: &[T], k: usize, t: Option<&[T]>) -> Vec<T> {
         let s = self.size();
         let (x, y) = (c.x, c.y);
         match self.kind {
+            ActivationKind::GeluTanh => match t {
+                Some(t) => scaled(x, t, v, k, s, gelu_tanh_d1_t),
+                None => scaled(x, &gelu_tanh_t(x), v, k, s, gelu_tanh_d1_t),
+            },
             ActivationKind::Relu => scaled(x, y, v, k, s, |a, _| if a > T::zero() { T::one() } else { T::zero() }),
             ActivationKind::LeakyRelu(sl) => {
                 let sl = T::of(sl);
@@ -270,15 +335,22 @@ impl<T: Float> Layer<T> for Activation {
                 curvops_tensor::vmath::sigmoid(x, &mut y);
                 y
             }
+            ActivationKind::GeluTanh => {
+                let t = gelu_tanh_t(x);
+                with_simd(
+                    #[inline(always)]
+                    || x.iter().zip(&t).map(|(&v, &tv)| T::of(0.5) * v * (T::one() + tv)).collect(),
+                )
+            }
             kind => x.iter().map(|&v| kind.value(v)).collect(),
         };
         (y, Aux::None)
     }
     fn jvp_input(&self, c: &Ctx<T>, dx: &[T], k: usize) -> Vec<T> {
-        self.mul_d1(c, dx, k)
+        self.mul_d1(c, dx, k, None)
     }
     fn vjp_input(&self, c: &Ctx<T>, g: &[T], k: usize) -> Vec<T> {
-        self.mul_d1(c, g, k)
+        self.mul_d1(c, g, k, None)
     }
     fn hvp_needs_g(&self, rx: bool, _dp: bool, want_input: bool) -> bool {
         rx && want_input && !self.kind.is_piecewise_linear()
@@ -298,10 +370,15 @@ impl<T: Float> Layer<T> for Activation {
             return None;
         }
         let s = self.size();
-        let mut out = self.mul_d1(c, rg, k);
+        let t = (self.kind == ActivationKind::GeluTanh).then(|| gelu_tanh_t(c.x));
+        let mut out = self.mul_d1(c, rg, k, t.as_deref());
         if let (Some(rx), false) = (rx, self.kind.is_piecewise_linear()) {
             let two = T::of(2.0);
             match self.kind {
+                ActivationKind::GeluTanh => {
+                    let t = t.as_deref().unwrap_or_default();
+                    add_scaled2(c.x, t, g, rx, k, s, &mut out, gelu_tanh_d2_t)
+                }
                 ActivationKind::Tanh => {
                     add_scaled2(c.x, c.y, g, rx, k, s, &mut out, |_, b| -two * b * (T::one() - b * b))
                 }
@@ -312,5 +389,129 @@ impl<T: Float> Layer<T> for Activation {
             }
         }
         Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::testing::{check_rules, rel_err};
+    use curvops_tensor::rng::Rng;
+
+    fn randn(r: &mut Rng, n: usize) -> Vec<f64> {
+        (0..n).map(|_| r.normal()).collect()
+    }
+
+    const ALL: [ActivationKind; 7] = [
+        ActivationKind::Relu,
+        ActivationKind::LeakyRelu(0.07),
+        ActivationKind::Tanh,
+        ActivationKind::Sigmoid,
+        ActivationKind::Gelu,
+        ActivationKind::GeluTanh,
+        ActivationKind::Silu,
+    ];
+
+    #[test]
+    fn rules_of_every_kind() {
+        let mut rng = Rng::new(21);
+        for kind in ALL {
+            for (shape, n) in [(vec![7], 1), (vec![2, 3], 3), (vec![3, 1, 4], 3)] {
+                let l = Activation::new(kind, shape.clone());
+                let x = randn(&mut rng, n * Layer::<f64>::in_size(&l));
+                let name = format!("{} ({}) {shape:?} n={n}", kind.name(), kind.approximate());
+                check_rules(&name, &l, &[], &[x], &[true], n, 1e-6);
+            }
+        }
+    }
+
+    /// The tanh approximation written independently: `tanh` through `exp`, derivatives through
+    /// `sech²`.
+    fn gelu_tanh_ref(x: f64) -> (f64, f64, f64) {
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        let u = c * (x + 0.044715 * x.powi(3));
+        let e = (2.0 * u).exp();
+        let t = if e.is_finite() { (e - 1.0) / (e + 1.0) } else { 1.0 };
+        let sech2 = 4.0 / (u.exp() + (-u).exp()).powi(2);
+        let du = c * (1.0 + 0.134145 * x * x);
+        let ddu = c * 0.26829 * x;
+        let v = 0.5 * x * (1.0 + t);
+        let d1 = 0.5 * (1.0 + t) + 0.5 * x * sech2 * du;
+        // d/dx [½(1 + t)] = ½ sech² u';  d/dx [½x sech² u'] = ½ sech² u' + ½x(−2t sech² u'²) + ½x sech² u''
+        let d2 = sech2 * du - x * t * sech2 * du * du + 0.5 * x * sech2 * ddu;
+        (v, d1, d2)
+    }
+
+    #[test]
+    fn gelu_tanh_matches_independent_formula_and_pytorch() {
+        let g = ActivationKind::GeluTanh;
+        assert_eq!(g.name(), "gelu");
+        assert_eq!(g.approximate(), "tanh");
+        assert_eq!(ActivationKind::Gelu.approximate(), "none");
+        assert!(!g.is_piecewise_linear());
+        let mut x = -9.0f64;
+        while x < 9.0 {
+            let (v, d1, d2) = gelu_tanh_ref(x);
+            let y = g.value(x);
+            assert!((y - v).abs() <= 1e-14 * (1.0 + v.abs()), "value at {x}: {y} vs {v}");
+            assert!((g.d1(x, y) - d1).abs() <= 1e-13, "d1 at {x}: {} vs {d1}", g.d1(x, y));
+            assert!((g.d2(x, y) - d2).abs() <= 1e-13, "d2 at {x}: {} vs {d2}", g.d2(x, y));
+            // derivatives by central differences
+            let h = 1e-5;
+            let fd1 = (g.value(x + h) - g.value(x - h)) / (2.0 * h);
+            let fd2 = (g.d1(x + h, 0.0) - g.d1(x - h, 0.0)) / (2.0 * h);
+            assert!((fd1 - d1).abs() < 1e-8, "fd d1 at {x}");
+            assert!((fd2 - d2).abs() < 1e-8, "fd d2 at {x}");
+            x += 0.0137;
+        }
+        // PyTorch's documented formula `0.5x(1 + tanh(√(2/π)(x + 0.044715x³)))` evaluated with
+        // Python's `math` module (C libm)
+        for (x, want) in
+            [(1.0f64, 0.841_191_990_608_276_8), (-1.0, -0.158_808_009_391_723_24), (2.5, 2.484_915_733_910_001)]
+        {
+            assert!((g.value(x) - want).abs() < 1e-14, "gelu_tanh({x}) = {}", g.value(x));
+        }
+        // close to the exact gelu
+        for x in [-3.0f64, -1.0, -0.2, 0.0, 0.5, 2.0] {
+            assert!((g.value(x) - ActivationKind::Gelu.value(x)).abs() < 1e-3);
+        }
+    }
+
+    /// The layer's batched (vectorized) paths agree with the scalar `value`/`d1`/`d2`, in f64
+    /// and f32.
+    #[test]
+    fn gelu_tanh_layer_paths_match_scalar_functions() {
+        let mut rng = Rng::new(4);
+        let (n, k, s) = (3, 2, 37);
+        let l = Activation::new(ActivationKind::GeluTanh, vec![s]);
+        let x: Vec<f64> = randn(&mut rng, n * s).iter().map(|v| 3.0 * v).collect();
+        let v = randn(&mut rng, n * k * s);
+        let g = randn(&mut rng, n * s);
+        let (y, aux) = l.forward(&[], &x, n);
+        let xr: &[f64] = &x;
+        let c = Ctx { p: &[], x: &x, xs: std::slice::from_ref(&xr), y: &y, aux: &aux, n };
+        let kind = ActivationKind::GeluTanh;
+        let want_y: Vec<f64> = x.iter().map(|&a| kind.value(a)).collect();
+        assert!(rel_err(&y, &want_y) < 1e-15);
+        let jv = l.jvp_input(&c, &v, k);
+        let rgx = l.hvp_backward(&c, Some(&v), &[], &g, &v, k, &mut [], true).unwrap();
+        for i in 0..n {
+            for kk in 0..k {
+                for j in 0..s {
+                    let (a, o) = (x[i * s + j], (i * k + kk) * s + j);
+                    let d1 = kind.d1(a, 0.0);
+                    assert!((jv[o] - d1 * v[o]).abs() < 1e-14 * (1.0 + jv[o].abs()));
+                    let want = d1 * v[o] + kind.d2(a, 0.0) * g[i * s + j] * v[o];
+                    assert!((rgx[o] - want).abs() < 1e-13 * (1.0 + want.abs()));
+                }
+            }
+        }
+        // f32: the vectorized tanh kernel is accurate to a few ulps
+        let x32: Vec<f32> = x.iter().map(|&a| a as f32).collect();
+        let (y32, _) = l.forward(&[], &x32, n);
+        for (a, b) in y32.iter().zip(&x32) {
+            let want = kind.value(*b as f64);
+            assert!((*a as f64 - want).abs() < 1e-6 * (1.0 + want.abs()), "f32 {b}: {a} vs {want}");
+        }
     }
 }
