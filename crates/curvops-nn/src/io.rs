@@ -258,7 +258,7 @@ pub fn load_data<T: Float>(net: &Network<T>, path: &Path) -> Result<Dataset<T>, 
     let positions = net.loss.positions;
     let ys = yt.shape().to_vec();
     let (y, width) = match net.loss.kind {
-        LossKind::CrossEntropy if ys.len() + 1 == out_shape.len() || (positions == 1 && ys.len() == 1) => {
+        LossKind::CrossEntropy if ys.len() == out_shape.len() => {
             let want: Vec<usize> = std::iter::once(n).chain(out_shape[..out_shape.len() - 1].iter().copied()).collect();
             if ys != want {
                 let dense: Vec<usize> = std::iter::once(n).chain(out_shape.iter().copied()).collect();

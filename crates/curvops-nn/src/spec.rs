@@ -1025,7 +1025,7 @@ fn build_single<T: Float>(
             Box::new(crate::layers::index::Select::new(shape, *dim, *index).map_err(err)?)
         }
         LayerSpec::Reshape { shape: target } => Box::new(Identity::reshape(shape, target.clone()).map_err(err)?),
-        LayerSpec::Permute { dims } => Box::new(crate::layers::Permute::new(shape, dims.clone()).map_err(err)?),
+        LayerSpec::Permute { dims } => Box::new(crate::layers::index::Permute::new(shape, dims.clone()).map_err(err)?),
         LayerSpec::Add | LayerSpec::Concat { .. } | LayerSpec::Parameter { .. } => {
             return Err(err("internal: a multi-input node was built as a single-input one".into()))
         }
