@@ -179,3 +179,155 @@ fn bad_input_gives_one_line_errors() {
     fails(&["eigs", "ggn", "--problem", ps, "--k", "500"], 1, &["eigs"]);
     fails(&["solve", "ggn", "--problem", ps, "--rhs", "/nonexistent.npy", "--out", "x.npy"], 1, &["/nonexistent.npy"]);
 }
+
+fn graph_reference(name: &str) -> PathBuf {
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/reference-graph").join(name);
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference-graph").join(name)
+}
+
+/// `info`, `loss-grad`, `dense` and `matvec` of every curvature, `per-sample` on the graph
+/// references, unbatched and at meta.json's batch size.
+#[test]
+fn graph_problems_through_the_cli() {
+    let t = Tmp::new("graph");
+    for name in ["resnet_block_ce", "layernorm_mlp_mse", "tiny_gpt_ce"] {
+        let dir = graph_reference(name);
+        let d = dir.to_str().unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+        let bs = meta["batch_size"].to_string();
+        let info = ok_json(&["info", "--problem", d, "--json"]);
+        assert_eq!(info["D"], meta["D"], "{name}: D");
+        assert_eq!(info["C"], meta["C"], "{name}: C");
+        assert_eq!(info["output_shape"], meta["output_shape"], "{name}: output_shape");
+        let g = t.path("g.npy");
+        let lg = ok_json(&["loss-grad", "--problem", d, "--json", "--out", g.to_str().unwrap()]);
+        let (_, loss) = npy(&dir.join("ref/loss.npy"));
+        assert!((lg["loss"].as_f64().unwrap() - loss[0]).abs() < 1e-10 * loss[0].abs(), "{name}: loss");
+        assert!(rel(&npy(&g).1, &npy(&dir.join("ref/grad.npy")).1) < 1e-10, "{name}: grad");
+        for curv in ["hessian", "ggn", "ef", "jacobian"] {
+            for extra in [vec![], vec!["--batch-size", bs.as_str()]] {
+                let m = t.path("m.npy");
+                let mut args = vec!["dense", curv, "--problem", d, "--out", m.to_str().unwrap()];
+                args.extend(&extra);
+                ok_json(&[args.as_slice(), &["--json"]].concat());
+                let want = npy(&dir.join(format!("ref/{curv}.npy"))).1;
+                assert!(rel(&npy(&m).1, &want) < 1e-10, "{name}: dense {curv} {extra:?}");
+            }
+        }
+        let ps = t.path("ps.npy");
+        ok_json(&["per-sample", "--quantity", "grad", "--problem", d, "--json", "--out", ps.to_str().unwrap()]);
+        assert!(rel(&npy(&ps).1, &npy(&dir.join("ref/per_sample_loss_grads.npy")).1) < 1e-10, "{name}: per-sample");
+        let eig = ok_json(&["eigs", "ggn", "--k", "5", "--problem", d, "--json"]);
+        let want: Vec<f64> = meta["scalars"]["ggn"]["top5"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .unwrap_or_default();
+        if !want.is_empty() {
+            let got: Vec<f64> = eig["eigenvalues"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            assert!(rel(&got, &want) < 1e-8, "{name}: eigs ggn {got:?} vs {want:?}");
+        }
+    }
+}
+
+/// Bad graph files: one line naming the node and field, exit status 1.
+#[test]
+fn graph_errors_are_one_line() {
+    let t = Tmp::new("graph-errors");
+    let src = graph_reference("tiny_gpt_ce");
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("model.json")).unwrap()).unwrap();
+    let w = src.join("weights.safetensors");
+    let dpath = src.join("data.safetensors");
+    let try_model = |edit: &dyn Fn(&mut serde_json::Value), parts: &[&str]| {
+        let mut m = model.clone();
+        edit(&mut m);
+        let p = t.path("model.json");
+        std::fs::write(&p, serde_json::to_string(&m).unwrap()).unwrap();
+        fails(
+            &[
+                "info",
+                "--model",
+                p.to_str().unwrap(),
+                "--weights",
+                w.to_str().unwrap(),
+                "--data",
+                dpath.to_str().unwrap(),
+            ],
+            1,
+            parts,
+        );
+    };
+    let nodes = |m: &mut serde_json::Value| -> Vec<serde_json::Value> { m["nodes"].as_array().unwrap().clone() };
+    // unknown input name
+    try_model(
+        &|m| {
+            let mut n = nodes(m);
+            n[2]["inputs"] = serde_json::json!(["wte", "nope"]);
+            m["nodes"] = n.into();
+        },
+        &["unknown input 'nope'"],
+    );
+    // input used before it is defined
+    try_model(
+        &|m| {
+            let mut n = nodes(m);
+            let last = n.last().unwrap()["name"].as_str().unwrap().to_string();
+            n[2]["inputs"] = serde_json::json!(["wte", last]);
+            m["nodes"] = n.into();
+        },
+        &["before it is defined"],
+    );
+    // shapes that do not match at an add: both inputs named
+    try_model(
+        &|m| {
+            let mut n = nodes(m);
+            n[1]["shape"] = serde_json::json!([4, 8]);
+            m["nodes"] = n.into();
+        },
+        &["(add)", "'wpe'", "'wte'"],
+    );
+    // unknown field and unknown role
+    try_model(
+        &|m| {
+            let mut n = nodes(m);
+            n[0]["padding_idxx"] = serde_json::json!(0);
+            m["nodes"] = n.into();
+        },
+        &["node 'wte'", "padding_idxx"],
+    );
+    // a tie whose shapes differ
+    try_model(
+        &|m| {
+            let mut n = nodes(m);
+            let l = n.len() - 1;
+            n[l]["in_features"] = serde_json::json!(11);
+            n[l]["out_features"] = serde_json::json!(8);
+            m["nodes"] = n.into();
+        },
+        &["wte.weight"],
+    );
+    // token id out of range: names the sample
+    let data = curvops_nn::io::read_bytes(&dpath).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&data).unwrap();
+    let x = st.tensor("x").unwrap();
+    let mut ids: Vec<i64> = x.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+    ids[7] = 99;
+    let y = st.tensor("y").unwrap();
+    let bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views = vec![
+        ("x", safetensors::tensor::TensorView::new(safetensors::Dtype::I64, x.shape().to_vec(), &bytes).unwrap()),
+        ("y", safetensors::tensor::TensorView::new(y.dtype(), y.shape().to_vec(), y.data()).unwrap()),
+    ];
+    let bad = t.path("data.safetensors");
+    safetensors::tensor::serialize_to_file(views, None, &bad).unwrap();
+    let m = src.join("model.json");
+    fails(
+        &["info", "--model", m.to_str().unwrap(), "--weights", w.to_str().unwrap(), "--data", bad.to_str().unwrap()],
+        1,
+        &["token id 99", "sample 1", "wte"],
+    );
+}

@@ -47,6 +47,16 @@ pub struct Batch<'a, T> {
     pub n: usize,
     /// Index of the first sample in the data set (keys Monte-Carlo draws).
     pub start: usize,
+    /// The global index of each sample when the batch comes from a subset of a data set
+    /// (`None`: samples `start..start + n`); Monte-Carlo draws are keyed by it.
+    pub keys: Option<&'a [usize]>,
+}
+
+impl<T> Batch<'_, T> {
+    /// The global index of sample `i` of the batch (the key of its Monte-Carlo draws).
+    pub fn key(&self, i: usize) -> usize {
+        self.keys.map_or(self.start + i, |k| k[i])
+    }
 }
 
 impl<T: Float> Dataset<T> {
@@ -68,7 +78,7 @@ impl<T: Float> Dataset<T> {
                 TargetsRef::Dense(&v[start * c..(start + len) * c])
             }
         };
-        Batch { x: &self.x[start * s..(start + len) * s], y, n: len, start }
+        Batch { x: &self.x[start * s..(start + len) * s], y, n: len, start, keys: None }
     }
 
     /// Batches of at most `batch_size` consecutive samples covering the data set

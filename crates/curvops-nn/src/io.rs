@@ -150,7 +150,10 @@ pub fn load_weights<T: Float>(
             let also = if e.aliases.is_empty() {
                 String::new()
             } else {
-                format!(" (or its tied name {})", e.aliases.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(", "))
+                format!(
+                    " (or its tied name {})",
+                    e.aliases.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(", ")
+                )
             };
             return Err(NnError::tensor(&wp, format!("missing tensor '{}'{also}", e.name)));
         };

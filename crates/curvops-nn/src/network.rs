@@ -120,9 +120,9 @@ impl ParamLayout {
                 let mut order = Vec::with_capacity(entries.len());
                 let mut seen = vec![false; entries.len()];
                 for n in names {
-                    let i = *index.get(n).ok_or_else(|| {
-                        NnError::Other(format!("param_order: '{n}' is not a parameter of the model"))
-                    })?;
+                    let i = *index
+                        .get(n)
+                        .ok_or_else(|| NnError::Other(format!("param_order: '{n}' is not a parameter of the model")))?;
                     if seen[i] {
                         return Err(NnError::Other(format!("param_order: '{n}' is listed twice")));
                     }
@@ -165,12 +165,22 @@ impl ParamLayout {
                 Some(first)
             })
             .collect();
-        Ok(Self { entries: sorted, total: off, layer_entries, node_inputs: inputs, node_names: node_names.to_vec(), contiguous })
+        Ok(Self {
+            entries: sorted,
+            total: off,
+            layer_entries,
+            node_inputs: inputs,
+            node_names: node_names.to_vec(),
+            contiguous,
+        })
     }
 
     /// The entry with this key (or an alias of a tied tensor).
     pub fn find(&self, name: &str) -> Option<usize> {
-        self.entries.iter().position(|e| e.name == name).or_else(|| self.entries.iter().position(|e| e.aliases.iter().any(|a| a == name)))
+        self.entries
+            .iter()
+            .position(|e| e.name == name)
+            .or_else(|| self.entries.iter().position(|e| e.aliases.iter().any(|a| a == name)))
     }
 
     /// Node `l`'s parameters within `θ`, its roles concatenated (borrowed when they are
@@ -798,8 +808,7 @@ impl<T: Float> Network<T> {
                     let mut none: Vec<Option<&mut [T]>> = (0..dpr.len()).map(|_| None).collect();
                     rgx = layer.hvp_backward_inputs(c, &rxs, &dpr, g_ref, &rgl, k, &mut none, &want);
                 }
-                let want_g: Vec<bool> =
-                    ins.iter().zip(&want).map(|(&v, &w)| w && v > 0 && need_g[v - 1]).collect();
+                let want_g: Vec<bool> = ins.iter().zip(&want).map(|(&v, &w)| w && v > 0 && need_g[v - 1]).collect();
                 let gx = if gl.is_some() && want_g.iter().any(|&w| w) {
                     layer.vjp_inputs(c, g_ref, 1, &want_g)
                 } else {

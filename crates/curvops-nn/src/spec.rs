@@ -4,9 +4,9 @@
 //! required fields, values of the wrong type and layer sizes that do not chain are errors that
 //! name the layer (index and type) and the field.
 
+use crate::layers::ParamSpec;
 use crate::layers::{Activation, ActivationKind, AvgPool2d, BatchNorm, Conv2d, Identity, Layer, Linear, MaxPool2d};
 use crate::loss::{Loss, LossKind, Reduction};
-use crate::layers::ParamSpec;
 use crate::network::{Network, ParamLayout};
 use crate::NnError;
 use curvops_tensor::conv::Geom2d;
@@ -262,7 +262,9 @@ impl<'a> Fields<'a> {
             None => Err(self.err(format!("missing required field '{key}'"))),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| x.as_i64().ok_or_else(|| self.err(format!("'{key}' must be a list of integers, got {x} in it"))))
+                .map(|x| {
+                    x.as_i64().ok_or_else(|| self.err(format!("'{key}' must be a list of integers, got {x} in it")))
+                })
                 .collect(),
             Some(v) if scalar_ok && v.as_i64().is_some() => Ok(vec![v.as_i64().unwrap_or_default()]),
             Some(v) => Err(self.err(format!("'{key}' must be a list of integers, got {v}"))),
@@ -271,7 +273,9 @@ impl<'a> Fields<'a> {
     fn uints(&self, key: &str, scalar_ok: bool) -> Result<Vec<usize>, NnError> {
         self.ints(key, scalar_ok)?
             .into_iter()
-            .map(|x| usize::try_from(x).map_err(|_| self.err(format!("'{key}' must hold non-negative integers, got {x}"))))
+            .map(|x| {
+                usize::try_from(x).map_err(|_| self.err(format!("'{key}' must hold non-negative integers, got {x}")))
+            })
             .collect()
     }
     /// A field accepted only with its default value (PyTorch options we do not support).
@@ -294,7 +298,13 @@ fn parse_layer(path: &str, i: usize, v: &Value) -> Result<LayerSpec, NnError> {
 
 /// Parses one layer's or node's type-specific fields (`graph`: the node types of graph models
 /// are allowed).
-fn parse_fields(path: &str, what: String, ty: &str, obj: &Map<String, Value>, graph: bool) -> Result<LayerSpec, NnError> {
+fn parse_fields(
+    path: &str,
+    what: String,
+    ty: &str,
+    obj: &Map<String, Value>,
+    graph: bool,
+) -> Result<LayerSpec, NnError> {
     let f = Fields { path, what, obj };
     let t = Value::Bool(true);
     let fal = Value::Bool(false);
@@ -353,7 +363,11 @@ fn parse_fields(path: &str, what: String, ty: &str, obj: &Map<String, Value>, gr
             f.only("count_include_pad", &t, "count_include_pad=true only")?;
             f.only("divisor_override", &Value::Null, "no divisor_override")?;
             let kernel = f.pair("kernel_size", None)?;
-            LayerSpec::AvgPool2d { kernel, stride: f.pair("stride", Some(kernel))?, padding: f.pair("padding", Some((0, 0)))? }
+            LayerSpec::AvgPool2d {
+                kernel,
+                stride: f.pair("stride", Some(kernel))?,
+                padding: f.pair("padding", Some((0, 0)))?,
+            }
         }
         "batchnorm1d" | "batchnorm2d" => {
             f.allow(&["num_features", "eps", "affine", "momentum", "track_running_stats"])?;
@@ -418,7 +432,7 @@ fn parse_fields(path: &str, what: String, ty: &str, obj: &Map<String, Value>, gr
             let hint = if !graph && GRAPH_TYPES.contains(&other) { " (a graph node type: use 'nodes')" } else { "" };
             return Err(f.err(format!(
                 "unknown layer type '{other}'{hint} (known: linear, conv2d, maxpool2d, avgpool2d, batchnorm1d, batchnorm2d, dropout, flatten, relu, tanh, sigmoid, gelu, silu, leaky_relu{more})"
-            )))
+            )));
         }
     })
 }
@@ -485,7 +499,18 @@ fn parse_graph_fields(f: &Fields, ty: &str) -> Result<LayerSpec, NnError> {
             LayerSpec::Embedding { num: f.pos("num_embeddings", None)?, dim: f.pos("embedding_dim", None)? }
         }
         "multihead_attention" => {
-            f.allow(&["embed_dim", "num_heads", "causal", "bias", "batch_first", "dropout", "kdim", "vdim", "add_bias_kv", "add_zero_attn"])?;
+            f.allow(&[
+                "embed_dim",
+                "num_heads",
+                "causal",
+                "bias",
+                "batch_first",
+                "dropout",
+                "kdim",
+                "vdim",
+                "add_bias_kv",
+                "add_zero_attn",
+            ])?;
             f.only("bias", &t, "bias=true only")?;
             f.only("batch_first", &t, "batch_first=true only")?;
             f.only("kdim", &Value::Null, "kdim is not supported (self-attention)")?;
@@ -588,7 +613,14 @@ impl From<&ModelSpec> for GraphSpec {
                 params: Vec::new(),
             })
             .collect();
-        GraphSpec { input_shape: m.input_shape.clone(), input_int: false, nodes, param_order: None, loss: m.loss, chain: true }
+        GraphSpec {
+            input_shape: m.input_shape.clone(),
+            input_int: false,
+            nodes,
+            param_order: None,
+            loss: m.loss,
+            chain: true,
+        }
     }
 }
 
@@ -648,7 +680,9 @@ pub fn parse_model(text: &str, path: &str) -> Result<GraphSpec, NnError> {
                 None => false,
                 Some(Value::String(d)) if d == "float" => false,
                 Some(Value::String(d)) if d == "int" => true,
-                Some(d) => return Err(NnError::spec(path, format!("inputs.x.dtype must be \"float\" or \"int\", got {d}"))),
+                Some(d) => {
+                    return Err(NnError::spec(path, format!("inputs.x.dtype must be \"float\" or \"int\", got {d}")))
+                }
             };
             (shape, int)
         }
@@ -684,7 +718,9 @@ pub fn parse_model(text: &str, path: &str) -> Result<GraphSpec, NnError> {
         let o = v.as_object().ok_or_else(|| NnError::spec(path, format!("node {i}: must be an object")))?;
         let name = match o.get("name") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(other) => return Err(NnError::spec(path, format!("node {i}: 'name' must be a non-empty string, got {other}"))),
+            Some(other) => {
+                return Err(NnError::spec(path, format!("node {i}: 'name' must be a non-empty string, got {other}")))
+            }
             None => return Err(NnError::spec(path, format!("node {i}: missing string field 'name'"))),
         };
         if name == "x" {
@@ -704,13 +740,15 @@ pub fn parse_model(text: &str, path: &str) -> Result<GraphSpec, NnError> {
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|x| {
-                    x.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| NnError::spec(path, format!("{what}: 'inputs' must be a list of names, got {x}")))
+                    x.as_str().map(str::to_string).ok_or_else(|| {
+                        NnError::spec(path, format!("{what}: 'inputs' must be a list of names, got {x}"))
+                    })
                 })
                 .collect::<Result<_, _>>()?,
             Some(Value::String(s)) => vec![s.clone()],
-            Some(other) => return Err(NnError::spec(path, format!("{what}: 'inputs' must be a list of names, got {other}"))),
+            Some(other) => {
+                return Err(NnError::spec(path, format!("{what}: 'inputs' must be a list of names, got {other}")))
+            }
         };
         let params: Vec<(String, String)> = match o.get("params") {
             None | Some(Value::Null) => Vec::new(),
@@ -718,7 +756,10 @@ pub fn parse_model(text: &str, path: &str) -> Result<GraphSpec, NnError> {
                 .iter()
                 .map(|(role, key)| {
                     key.as_str().map(|k| (role.clone(), k.to_string())).ok_or_else(|| {
-                        NnError::spec(path, format!("{what}: params.{role} must be a string (a weights key), got {key}"))
+                        NnError::spec(
+                            path,
+                            format!("{what}: params.{role} must be a string (a weights key), got {key}"),
+                        )
                     })
                 })
                 .collect::<Result<_, _>>()?,
@@ -810,7 +851,9 @@ impl GraphSpec {
                 match index.get(name.as_str()) {
                     Some(&v) => ins.push(v),
                     None if self.nodes.iter().any(|n| &n.name == name) => {
-                        return Err(err(format!("input '{name}' is used before it is defined (list nodes in execution order)")))
+                        return Err(err(format!(
+                            "input '{name}' is used before it is defined (list nodes in execution order)"
+                        )))
                     }
                     None => return Err(err(format!("unknown input '{name}' (no node or model input of that name)"))),
                 }
@@ -850,7 +893,10 @@ impl GraphSpec {
                     }
                     let s0 = &shapes[ins[0]];
                     if *dim >= s0.len() {
-                        return Err(err(format!("dim {dim} is out of range for input '{}' of shape {s0:?}", in_names[0])));
+                        return Err(err(format!(
+                            "dim {dim} is out of range for input '{}' of shape {s0:?}",
+                            in_names[0]
+                        )));
                     }
                     for j in 1..n_in {
                         let sj = &shapes[ins[j]];
@@ -903,7 +949,9 @@ impl GraphSpec {
         if self.chain && out_shape.len() != 1 {
             return Err(NnError::spec(
                 path,
-                format!("the network output must be a vector per sample, got shape {out_shape:?} (add a flatten layer)"),
+                format!(
+                    "the network output must be a vector per sample, got shape {out_shape:?} (add a flatten layer)"
+                ),
             ));
         }
         let mut loss = self.loss;
@@ -911,7 +959,10 @@ impl GraphSpec {
             loss.positions = out_shape[..out_shape.len() - 1].iter().product();
         }
         if out_shape.is_empty() && loss.kind == crate::loss::LossKind::CrossEntropy {
-            return Err(NnError::spec(path, "cross_entropy needs an output with a class axis, got a scalar per sample"));
+            return Err(NnError::spec(
+                path,
+                "cross_entropy needs an output with a class axis, got a scalar per sample",
+            ));
         }
         let specs: Vec<Vec<ParamSpec>> = layers.iter().map(|l| l.params()).collect();
         let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
@@ -944,7 +995,8 @@ fn build_single<T: Float>(
     Ok(match ls {
         LayerSpec::Linear { in_f, out_f, bias, transposed } => {
             if shape.last() != Some(in_f) {
-                let hint = if shape.len() > 1 { " (its last axis must be in_features; add a flatten layer?)" } else { "" };
+                let hint =
+                    if shape.len() > 1 { " (its last axis must be in_features; add a flatten layer?)" } else { "" };
                 return Err(err(format!("in_features {in_f} does not match the incoming shape {shape:?}{hint}")));
             }
             if shape.len() == 1 && !transposed {
@@ -1014,10 +1066,13 @@ fn build_single<T: Float>(
         }
         LayerSpec::Attention { embed_dim, heads, causal } => {
             if shape.len() != 2 || shape[1] != *embed_dim {
-                return Err(err(format!("expects a [T, {embed_dim}] input (embed_dim {embed_dim}), got shape {shape:?}")));
+                return Err(err(format!(
+                    "expects a [T, {embed_dim}] input (embed_dim {embed_dim}), got shape {shape:?}"
+                )));
             }
             Box::new(
-                crate::layers::attention::MultiheadAttention::new(shape[0], *embed_dim, *heads, *causal).map_err(err)?,
+                crate::layers::attention::MultiheadAttention::new(shape[0], *embed_dim, *heads, *causal)
+                    .map_err(err)?,
             )
         }
         LayerSpec::Mean { dims } => Box::new(crate::layers::index::Mean::new(shape, dims.clone()).map_err(err)?),

@@ -15,6 +15,7 @@
 //! depend on the batch size.
 
 use crate::cache::{BatchState, ForwardCache};
+use crate::walk::DataWalk;
 use crate::{block_to_vec, vec_to_block, Problem};
 use curvops_linalg::{LinearOperator, Structure};
 use curvops_nn::data::Batch;
@@ -59,7 +60,7 @@ pub struct CurvatureOperator<'a, T: Float> {
     problem: &'a Problem<T>,
     kind: Curvature,
     active: ActiveSet,
-    batch_size: usize,
+    walk: DataWalk<'a, T>,
     cache: ForwardCache<T>,
     c: T,
 }
@@ -68,8 +69,19 @@ impl<'a, T: Float> CurvatureOperator<'a, T> {
     /// The operator `kind` of `problem` over the `active` parameters, accumulated over batches
     /// of `batch_size` samples (0: one batch), without caching.
     pub fn new(problem: &'a Problem<T>, kind: Curvature, active: ActiveSet, batch_size: usize) -> Self {
-        let c = T::of(problem.net.loss.factor(problem.data.n, problem.net.out_size()));
-        Self { problem, kind, active, batch_size, cache: ForwardCache::new(0), c }
+        Self::on(problem, kind, active, DataWalk::new(&problem.data, batch_size))
+    }
+
+    /// The operator over the data of `walk` (e.g. a subset of the samples: the mini-batch
+    /// curvature `C_B` with `B`'s reduction factor and Monte-Carlo keys).
+    pub fn on(problem: &'a Problem<T>, kind: Curvature, active: ActiveSet, walk: DataWalk<'a, T>) -> Self {
+        let c = T::of(walk.factor(&problem.net));
+        Self { problem, kind, active, walk, cache: ForwardCache::new(0), c }
+    }
+
+    /// The data it sums over.
+    pub fn walk(&self) -> &DataWalk<'a, T> {
+        &self.walk
     }
 
     /// Keeps forward passes and loss factors of up to `budget_bytes` across applications.
@@ -100,7 +112,7 @@ impl<'a, T: Float> CurvatureOperator<'a, T> {
 
     /// The batch size (0: all data in one batch).
     pub fn batch_size(&self) -> usize {
-        self.batch_size
+        self.walk.batch_size()
     }
 
     /// The reduction factor `c`.
@@ -121,7 +133,7 @@ impl<'a, T: Float> CurvatureOperator<'a, T> {
                     (g, 1)
                 }
                 Curvature::FisherMc { samples, seed } => {
-                    let mut g = net.loss.sampled_grads(tape.output(), batch.n, cdim, seed, batch.start, samples);
+                    let mut g = net.loss.sampled_grads_batch(tape.output(), batch, cdim, seed, samples);
                     curvops_tensor::ops::scale((self.c / T::of(samples as f64)).sqrt(), &mut g);
                     (g, samples)
                 }
@@ -140,7 +152,7 @@ impl<'a, T: Float> CurvatureOperator<'a, T> {
         let theta = &self.problem.theta;
         let cdim = net.out_size();
         let mut acc = vec![T::zero(); d * k];
-        for (bi, batch) in self.problem.data.batches(self.batch_size).iter().enumerate() {
+        for (bi, batch) in self.walk.batches().iter().enumerate() {
             let st = self.batch_state(bi, batch);
             let tape = &st.tape;
             let n = batch.n;
@@ -206,7 +218,8 @@ impl<T: Float> CurvatureOperator<'_, T> {
     pub fn block_chunk(&self) -> usize {
         let net = &self.problem.net;
         let width = net.layers.iter().map(|l| l.in_size().max(l.out_size())).max().unwrap_or(1).max(1);
-        let n = if self.batch_size == 0 { self.problem.data.n } else { self.batch_size.min(self.problem.data.n) };
+        let (bs, nw) = (self.walk.batch_size(), self.walk.n());
+        let n = if bs == 0 { nw } else { bs.min(nw) };
         let by_params = MAX_BLOCK_ELEMS / self.active.dim.max(1);
         let by_tangents = MAX_TANGENT_ELEMS / (n.max(1) * width);
         by_params.min(by_tangents).max(1)

@@ -55,7 +55,7 @@ pub fn dense_curvature<T: Float>(op: &CurvatureOperator<T>, progress: &dyn Fn(us
             }
         }
         _ => {
-            let batches = op.problem().data.batches(op.batch_size());
+            let batches = op.walk().batches();
             let steps = batches.len();
             for (bi, batch) in batches.iter().enumerate() {
                 let (rows, r) = factor_rows(op, bi, batch);

@@ -125,7 +125,6 @@ pub fn hessian_diag<T: Float>(p: &Problem<T>, active: &ActiveSet, batch_size: us
     curvature_diag(p, DiagKind::Hessian, active, batch_size)
 }
 
-
 /// Backpropagates `K` columns per sample (`g`: `[n, K, ·]` at the output of layer `top`) down to
 /// the first active layer, adding `Σ_{n,k} w_{nk} (∂y/∂θ)ᵀ g_{nk})²` of every active layer.
 #[allow(clippy::too_many_arguments)]

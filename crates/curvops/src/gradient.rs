@@ -14,18 +14,25 @@
 //! BackPACK computes these per mini-batch; here `N` and `c` refer to the whole data set, so
 //! the results do not depend on `--batch-size`.
 
+use crate::walk::DataWalk;
 use crate::Problem;
 use curvops_nn::ActiveSet;
 use curvops_tensor::Float;
 
 /// `(L, ∇L)` over the data set for the active parameters; the loss is accumulated in f64.
 pub fn loss_and_grad<T: Float>(p: &Problem<T>, active: &ActiveSet, batch_size: usize) -> (f64, Vec<T>) {
+    loss_and_grad_on(p, &DataWalk::new(&p.data, batch_size), active)
+}
+
+/// `(L_B, ∇L_B)` over the samples of `walk` (with their reduction factor: the mini-batch loss
+/// PyTorch computes on them).
+pub fn loss_and_grad_on<T: Float>(p: &Problem<T>, walk: &DataWalk<T>, active: &ActiveSet) -> (f64, Vec<T>) {
     let net = &p.net;
     let cdim = net.out_size();
-    let c = net.loss.factor(p.data.n, cdim);
+    let c = walk.factor(net);
     let mut grad = vec![T::zero(); active.dim];
     let mut loss = 0.0;
-    for batch in p.data.batches(batch_size) {
+    for batch in walk.batches() {
         let tape = net.forward(&p.theta, batch.x, batch.n);
         let vals = net.loss.values(tape.output(), batch.y, batch.n, cdim);
         loss += vals.iter().map(|v| v.as_f64()).sum::<f64>();
@@ -38,14 +45,19 @@ pub fn loss_and_grad<T: Float>(p: &Problem<T>, active: &ActiveSet, batch_size: u
 
 /// The data-set loss `L` only (forward passes without tapes).
 pub fn loss_value<T: Float>(p: &Problem<T>, batch_size: usize) -> f64 {
+    loss_value_on(p, &DataWalk::new(&p.data, batch_size))
+}
+
+/// The loss `L_B` over the samples of `walk`.
+pub fn loss_value_on<T: Float>(p: &Problem<T>, walk: &DataWalk<T>) -> f64 {
     let net = &p.net;
     let cdim = net.out_size();
     let mut loss = 0.0;
-    for batch in p.data.batches(batch_size) {
+    for batch in walk.batches() {
         let f = net.predict(&p.theta, batch.x, batch.n);
         loss += net.loss.values(&f, batch.y, batch.n, cdim).iter().map(|v| v.as_f64()).sum::<f64>();
     }
-    net.loss.factor(p.data.n, cdim) * loss
+    walk.factor(net) * loss
 }
 
 /// Calls `f(batch_start, n, rows)` with the per-sample gradients `∇ℓ_n` of each batch
@@ -58,7 +70,7 @@ pub fn for_each_per_sample_grads<T: Float>(
 ) {
     let net = &p.net;
     let cdim = net.out_size();
-    for batch in p.data.batches(batch_size) {
+    for batch in DataWalk::new(&p.data, batch_size).batches() {
         let tape = net.forward(&p.theta, batch.x, batch.n);
         let g = net.loss.grad(tape.output(), batch.y, batch.n, cdim);
         let mut rows = vec![T::zero(); batch.n * active.dim];

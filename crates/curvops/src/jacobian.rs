@@ -1,6 +1,7 @@
 //! The Jacobian `J = ∂f/∂θ` of all network outputs (`[N·C, D_S]`, rows `(n, c)` row-major over
 //! `[N, C]`) and its transpose, as linear operators.
 
+use crate::walk::DataWalk;
 use crate::{block_to_vec, vec_to_block, Problem};
 use curvops_linalg::{LinalgError, LinearOperator, Structure};
 use curvops_nn::ActiveSet;
@@ -11,18 +12,23 @@ use faer::{MatMut, MatRef};
 pub struct JacobianOperator<'a, T: Float> {
     problem: &'a Problem<T>,
     active: ActiveSet,
-    batch_size: usize,
+    walk: DataWalk<'a, T>,
     transposed: bool,
 }
 
 impl<'a, T: Float> JacobianOperator<'a, T> {
     /// The Jacobian of `problem`'s outputs with respect to the `active` parameters.
     pub fn new(problem: &'a Problem<T>, active: ActiveSet, batch_size: usize, transposed: bool) -> Self {
-        Self { problem, active, batch_size, transposed }
+        Self::on(problem, active, DataWalk::new(&problem.data, batch_size), transposed)
+    }
+
+    /// The Jacobian of the outputs on the samples of `walk` (rows in the walk's order).
+    pub fn on(problem: &'a Problem<T>, active: ActiveSet, walk: DataWalk<'a, T>, transposed: bool) -> Self {
+        Self { problem, active, walk, transposed }
     }
 
     fn out_rows(&self) -> usize {
-        self.problem.data.n * self.problem.net.out_size()
+        self.walk.n() * self.problem.net.out_size()
     }
 
     /// `J V` for `K` parameter vectors (`[K, D_S]`), returned as `[K, N·C]`.
@@ -30,7 +36,7 @@ impl<'a, T: Float> JacobianOperator<'a, T> {
         let net = &self.problem.net;
         let (c, rows) = (net.out_size(), self.out_rows());
         let mut out = vec![T::zero(); k * rows];
-        for batch in self.problem.data.batches(self.batch_size) {
+        for batch in self.walk.batches() {
             let tape = net.forward(&self.problem.theta, batch.x, batch.n);
             let jv =
                 net.jvp(&self.problem.theta, &tape, v, k, &self.active, false).pop().flatten().expect("output tangent");
@@ -49,7 +55,7 @@ impl<'a, T: Float> JacobianOperator<'a, T> {
         let net = &self.problem.net;
         let (c, rows) = (net.out_size(), self.out_rows());
         let mut acc = vec![T::zero(); k * self.active.dim];
-        for batch in self.problem.data.batches(self.batch_size) {
+        for batch in self.walk.batches() {
             let tape = net.forward(&self.problem.theta, batch.x, batch.n);
             let mut g = vec![T::zero(); batch.n * k * c];
             for s in 0..batch.n {

@@ -31,13 +31,17 @@ pub mod kfac;
 pub mod laplace;
 pub mod metrics;
 pub mod optim;
+pub mod registry;
 pub mod vivit;
+pub mod walk;
 
 pub use curvature::{Curvature, CurvatureOperator};
 pub use curvops_linalg::{LinearOperator, Structure};
 pub use curvops_nn::io::Problem;
 pub use curvops_nn::{ActiveSet, Network};
 pub use jacobian::JacobianOperator;
+pub use registry::{OperatorKind, OperatorSpec};
+pub use walk::DataWalk;
 
 use curvops_tensor::Float;
 use faer::MatRef;

@@ -296,9 +296,10 @@ fn random_graph_problem(json: &str, n: usize, seed: u64) -> Problem<f64> {
     let c = net.out_size();
     let t = net.loss.positions;
     let (y, w) = match net.loss.kind {
-        LossKind::CrossEntropy => {
-            (Targets::Classes((0..n * t).map(|_| rng.below((c / t) as u64) as usize).collect()), if t > 1 { t } else { 0 })
-        }
+        LossKind::CrossEntropy => (
+            Targets::Classes((0..n * t).map(|_| rng.below((c / t) as u64) as usize).collect()),
+            if t > 1 { t } else { 0 },
+        ),
         LossKind::BceWithLogits => (Targets::Dense((0..n * c).map(|_| rng.uniform()).collect()), c),
         LossKind::Mse => (Targets::Dense((0..n * c).map(|_| rng.normal()).collect()), c),
     };
@@ -441,4 +442,3 @@ fn thread_count_does_not_change_results() {
     curvops_tensor::threads::set_threads(1);
     assert_eq!(a, b);
 }
-

@@ -434,7 +434,8 @@ fn unsupported_parameters_are_named() {
 /// f32 KFAC / EKFAC agree with f64 to f32 accuracy.
 #[test]
 fn f32_close_to_f64() {
-    let spec = diag_nets::kfac_cnn_spec(Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Mean, positions: 1 });
+    let spec =
+        diag_nets::kfac_cnn_spec(Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Mean, positions: 1 });
     let p64 = diag_nets::random_problem::<f64>(&spec, 6, 3, false);
     let p32 = diag_nets::random_problem::<f32>(&spec, 6, 3, false);
     let all = ActiveSet::all(&p64.net.layout);

@@ -238,7 +238,12 @@ fn graph_problems_match() {
                 log.rel(key, format!("{name} bs={bs} dense"), &dense_curvature(&op, &|_, _| {}), &want);
                 let k = 3;
                 let v: Vec<f64> = (0..k * d).map(|_| rng.normal()).collect();
-                log.rel(key, format!("{name} bs={bs} matvec"), &op.apply_block(&v, k), &matmul_block(&want, d, d, &v, k));
+                log.rel(
+                    key,
+                    format!("{name} bs={bs} matvec"),
+                    &op.apply_block(&v, k),
+                    &matmul_block(&want, d, d, &v, k),
+                );
             }
         }
         let rows = shape[0];
@@ -251,4 +256,52 @@ fn graph_problems_match() {
         log.rel("jacobian-t", format!("{name} J^T u"), &opt.vjp_block(&u, 2), &matmul_block(&jt, d, rows, &u, 2));
     }
     log.finish();
+}
+
+/// The registry's subset operators (the data seam): for complementary subsets B₁, B₂ of a
+/// mean-reduced loss, |B₁|·A_{B₁} + |B₂|·A_{B₂} = N·A for GGN, Hessian and the MC Fisher (whose
+/// draws are keyed by the global sample index); damping adds λI; blocks restrict.
+#[test]
+fn registry_subsets_damping_blocks() {
+    use curvops::registry::{build, Blocks, OperatorKind, OperatorSpec};
+    fn two(op: &dyn LinearOperator<f64>, v: &[f64]) -> Vec<f64> {
+        let d = v.len() / 2;
+        [op.apply_vec(&v[..d]), op.apply_vec(&v[d..])].concat()
+    }
+    let mut rng = Rng::new(9);
+    for name in ["layernorm_mlp_mse", "tiny_gpt_ce"] {
+        let (p, _) = Reference::load_graph(name);
+        let n = p.data.n;
+        let d = p.net.num_params();
+        let v: Vec<f64> = (0..2 * d).map(|_| rng.normal()).collect();
+        let b1: Vec<usize> = (0..n).filter(|i| i % 3 == 1).collect();
+        let b2: Vec<usize> = (0..n).filter(|i| i % 3 != 1).collect();
+        for kind in [Curvature::Ggn, Curvature::Hessian, Curvature::FisherMc { samples: 3, seed: 5 }] {
+            let full = build(&p, &OperatorSpec::new(OperatorKind::Curvature(kind))).unwrap();
+            let want = two(&*full, &v);
+            let mut got = vec![0.0; 2 * d];
+            for b in [&b1, &b2] {
+                let mut spec = OperatorSpec::new(OperatorKind::Curvature(kind));
+                spec.subset = Some(b.clone());
+                spec.batch_size = 2;
+                let op = build(&p, &spec).unwrap();
+                for (g, x) in got.iter_mut().zip(two(&*op, &v)) {
+                    *g += b.len() as f64 * x / n as f64;
+                }
+            }
+            assert!(rel(&got, &want) < TOL, "{name} {kind:?}: subsets {}", rel(&got, &want));
+        }
+        let mut spec = OperatorSpec::new(OperatorKind::Curvature(Curvature::Ggn));
+        let plain = two(&*build(&p, &spec).unwrap(), &v);
+        spec.damping = 0.5;
+        let damped = two(&*build(&p, &spec).unwrap(), &v);
+        let want: Vec<f64> = plain.iter().zip(&v).map(|(a, b)| a + 0.5 * b).collect();
+        assert!(rel(&damped, &want) < 1e-14, "{name}: damping");
+        spec.damping = 0.0;
+        spec.blocks = Some(Blocks::Param);
+        assert!(build(&p, &spec).is_ok());
+        spec.subset = Some(vec![0, n]);
+        let e = build(&p, &spec).err().expect("index out of range");
+        assert!(e.to_string().contains(&format!("sample index {n}")), "{e}");
+    }
 }

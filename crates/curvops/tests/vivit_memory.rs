@@ -39,7 +39,8 @@ fn problem(n: usize, i: usize, h: usize, c: usize) -> Problem<f64> {
         Box::new(Activation::new(ActivationKind::Tanh, vec![h])),
         Box::new(Linear::new(h, c, true)),
     ];
-    let net = Network::new(vec![i], layers, Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Mean, positions: 1 });
+    let net =
+        Network::new(vec![i], layers, Loss { kind: LossKind::CrossEntropy, reduction: Reduction::Mean, positions: 1 });
     let mut rng = curvops_tensor::rng::Rng::new(3);
     let mut theta = vec![0.0; net.num_params()];
     rng.fill_normal(&mut theta);

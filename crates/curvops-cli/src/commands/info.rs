@@ -16,12 +16,23 @@ pub fn run<T: Float>(c: &Common, p: &Problem<T>, active: &ActiveSet) -> CliResul
         "D" => p.net.num_params(),
         "N" => p.data.n,
         "C" => p.net.out_size(),
+        "output_shape" => p.net.output_shape(),
         "param_order" => order,
         "dtype" => T::DTYPE,
         "layers" => layers,
         "loss" => format!("{:?}/{:?}", p.net.loss.kind, p.net.loss.reduction).to_lowercase(),
         "reduction_factor" => p.net.loss.factor(p.data.n, p.net.out_size()),
     };
+    if !p.net.is_chain() {
+        let nodes: Vec<_> = (0..p.net.layers.len())
+            .map(|l| {
+                let inputs: Vec<&str> =
+                    p.net.inputs_of(l).iter().map(|&v| if v == 0 { "x" } else { p.net.node_name(v - 1) }).collect();
+                json!({"name": p.net.node_name(l), "type": p.net.layers[l].kind(), "inputs": inputs, "shape": p.net.layers[l].out_shape()})
+            })
+            .collect();
+        o.insert("nodes".into(), json!(nodes));
+    }
     if !active.is_all() {
         let sel: Vec<_> = active
             .names(&p.net.layout)
@@ -34,10 +45,11 @@ pub fn run<T: Float>(c: &Common, p: &Problem<T>, active: &ActiveSet) -> CliResul
     if !c.json {
         // readable: one line per parameter
         println!(
-            "D = {}  N = {}  C = {}  dtype = {}  loss = {}",
+            "D = {}  N = {}  C = {} {:?}  dtype = {}  loss = {}",
             p.net.num_params(),
             p.data.n,
             p.net.out_size(),
+            p.net.output_shape(),
             T::DTYPE,
             o["loss"].as_str().unwrap_or("")
         );

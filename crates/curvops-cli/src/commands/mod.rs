@@ -20,8 +20,7 @@ pub mod vivit;
 
 use crate::args::{Blocks, Cli, Command, Common, Curv, Dtype};
 use crate::common::{self, CliResult};
-use curvops::{ActiveSet, Curvature, CurvatureOperator, JacobianOperator, LinearOperator, Problem};
-use curvops_linalg::BlockRestrictOp;
+use curvops::{ActiveSet, Curvature, LinearOperator, Problem};
 use curvops_tensor::Float;
 
 /// Runs a parsed command line.
@@ -115,28 +114,15 @@ pub fn curvature_of(curv: Curv, c: &Common) -> CliResult<Option<Curvature>> {
     })
 }
 
-/// Sizes of the `--blocks` blocks of the active parameters (contiguous in the subset vector).
-pub fn block_sizes<T: Float>(p: &Problem<T>, active: &ActiveSet, blocks: Blocks) -> Vec<usize> {
-    let names = active.names(&p.net.layout);
-    let mut sizes: Vec<usize> = Vec::new();
-    let mut last_layer = usize::MAX;
-    for (e, _) in names {
-        match blocks {
-            Blocks::Param => sizes.push(e.len),
-            Blocks::Layer => {
-                if e.layer == last_layer {
-                    *sizes.last_mut().expect("a previous block") += e.len;
-                } else {
-                    sizes.push(e.len);
-                    last_layer = e.layer;
-                }
-            }
-        }
+fn registry_blocks(b: Blocks) -> curvops::registry::Blocks {
+    match b {
+        Blocks::Layer => curvops::registry::Blocks::Layer,
+        Blocks::Param => curvops::registry::Blocks::Param,
     }
-    sizes
 }
 
-/// The operator named by `CURV` (with `--blocks`, its block diagonal).
+/// The operator named by `CURV` (with `--blocks`, its block diagonal), built by the library's
+/// registry (KFAC/EKFAC by the kfac module).
 pub fn make_operator<'a, T: Float>(
     curv: Curv,
     p: &'a Problem<T>,
@@ -144,22 +130,24 @@ pub fn make_operator<'a, T: Float>(
     bs: usize,
     c: &Common,
 ) -> CliResult<Box<dyn LinearOperator<T> + 'a>> {
-    let sizes = c.blocks.map(|b| block_sizes(p, &active, b));
-    let op: Box<dyn LinearOperator<T> + 'a> = match curv {
+    use curvops::registry::{OperatorKind, OperatorSpec};
+    let kind = match curv {
         Curv::Kfac | Curv::Ekfac => return kfac::make_operator(curv, p, active, bs, c),
-        Curv::Jacobian | Curv::JacobianT => {
-            if c.blocks.is_some() {
-                return Err("--blocks applies to square curvature operators, not to the Jacobian".into());
-            }
-            Box::new(JacobianOperator::new(p, active, bs, curv == Curv::JacobianT))
-        }
-        _ => {
-            let kind = curvature_of(curv, c)?.expect("a curvature");
-            Box::new(CurvatureOperator::new(p, kind, active, bs).with_cache(c.cache_mb << 20))
-        }
+        Curv::Jacobian => OperatorKind::Jacobian,
+        Curv::JacobianT => OperatorKind::JacobianT,
+        _ => OperatorKind::Curvature(curvature_of(curv, c)?.expect("a curvature")),
     };
-    Ok(match sizes {
-        Some(s) => Box::new(BlockRestrictOp::new(op, &s).map_err(|e| e.to_string())?),
-        None => op,
-    })
+    if c.blocks.is_some() && matches!(kind, OperatorKind::Jacobian | OperatorKind::JacobianT) {
+        return Err("--blocks applies to square curvature operators, not to the Jacobian".into());
+    }
+    let spec = OperatorSpec {
+        kind,
+        params: c.params.clone(),
+        blocks: c.blocks.map(registry_blocks),
+        batch_size: bs,
+        subset: None,
+        cache_bytes: c.cache_mb << 20,
+        damping: 0.0,
+    };
+    curvops::registry::build_active(p, &spec, active).map_err(|e| e.to_string())
 }

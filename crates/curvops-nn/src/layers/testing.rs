@@ -219,11 +219,8 @@ pub fn check_rules(name: &str, layer: &dyn Layer<f64>, p: &[f64], xs: &[Vec<f64>
                         None => x.clone(),
                     })
                     .collect();
-                let pp: Vec<f64> = if with_params {
-                    p.iter().zip(&dps[kk]).map(|(a, b)| a + t * b).collect()
-                } else {
-                    p.to_vec()
-                };
+                let pp: Vec<f64> =
+                    if with_params { p.iter().zip(&dps[kk]).map(|(a, b)| a + t * b).collect() } else { p.to_vec() };
                 let gg: Vec<f64> = g.iter().zip(col(&rg, n, k, os, kk)).map(|(a, b)| a + t * b).collect();
                 with_ctx(layer, &pp, &xx, n, |c2| {
                     let mut out = Vec::new();

@@ -152,7 +152,13 @@ impl Loss {
     /// for sequence outputs): column `j` of sample `n` holds `S_{n,t}[:, j]` at every position
     /// `t`, `[n, C/T, C]`, and the number of columns `C/T`. Equals [`Self::hess_factor`] for one
     /// position.
-    pub fn hess_factor_position_summed<T: Float>(&self, f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> (Vec<T>, usize) {
+    pub fn hess_factor_position_summed<T: Float>(
+        &self,
+        f: &[T],
+        y: TargetsRef<T>,
+        n: usize,
+        c: usize,
+    ) -> (Vec<T>, usize) {
         let t = self.positions;
         if t <= 1 {
             return self.hess_factor(f, y, n, c);
@@ -181,6 +187,29 @@ impl Loss {
         }
         // rows of the symmetric Hessian = H e_j
         self.hess_vp(f, y, &eye, n, c, c)
+    }
+
+    /// [`Self::sampled_grads`] for a batch: draws keyed by each sample's global index
+    /// ([`crate::data::Batch::key`]), so a subset of a data set draws what the full set draws
+    /// for the same samples.
+    pub fn sampled_grads_batch<T: Float>(
+        &self,
+        f: &[T],
+        batch: &crate::data::Batch<T>,
+        c: usize,
+        seed: u64,
+        m_draws: usize,
+    ) -> Vec<T> {
+        match batch.keys {
+            None => self.sampled_grads(f, batch.n, c, seed, batch.start, m_draws),
+            Some(keys) => {
+                let mut out = Vec::with_capacity(batch.n * m_draws * c);
+                for (i, &key) in keys.iter().enumerate() {
+                    out.extend(self.sampled_grads(&f[i * c..(i + 1) * c], 1, c, seed, key, m_draws));
+                }
+                out
+            }
+        }
     }
 
     /// Output gradients `∇_f ℓ(f_n, ŷ_{n,m})` at `m_draws` labels per sample drawn from the
