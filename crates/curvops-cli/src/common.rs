@@ -51,7 +51,7 @@ pub fn load<T: Float>(c: &Common) -> CliResult<Problem<T>> {
 pub fn active<T: Float>(c: &Common, p: &Problem<T>) -> CliResult<ActiveSet> {
     match &c.params {
         None => Ok(ActiveSet::all(&p.net.layout)),
-        Some(names) => ActiveSet::from_names(&p.net.layout, names).map_err(|e| e.to_string()),
+        Some(names) => ActiveSet::from_names(&p.net.layout, names).map_err(|e| format!("--params: {e}")),
     }
 }
 
@@ -163,7 +163,7 @@ impl<T: Float> curvops_linalg::LinearOperator<T> for ProgressOp<'_, T> {
     fn describe(&self) -> String {
         self.op.describe()
     }
-    fn apply(&self, out: faer::MatMut<'_, T>, rhs: faer::MatRef<'_, T>) {
+    fn apply(&self, out: faer::MatMut<'_, T>, rhs: faer::MatRef<'_, T>) -> Result<(), curvops_linalg::LinalgError> {
         let n = self.count.fetch_add(rhs.ncols(), std::sync::atomic::Ordering::Relaxed) + rhs.ncols();
         if let Some(b) = &self.bar {
             b.set_position(n as u64);

@@ -42,7 +42,7 @@ impl<T: Float, O: LinearOperator<T> + ?Sized> LinearOperator<T> for CountingOp<'
     fn describe(&self) -> String {
         self.op.describe()
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         self.count.fetch_add(rhs.ncols(), Ordering::Relaxed);
         self.op.apply(out, rhs)
     }

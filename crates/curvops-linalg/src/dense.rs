@@ -34,8 +34,9 @@ impl<T: Float> DenseOp<T> {
     }
     /// Materializes any operator (`ncols` matvecs, in blocks of 64 unit vectors), keeping its
     /// structure tags — e.g. to get exact logdet/solve/eigh of a small submatrix.
-    pub fn from_operator<O: LinearOperator<T> + ?Sized>(op: &O) -> Self {
-        Self { mat: op.to_dense(), structure: op.structure() }
+    /// Errors when an application of `op` fails.
+    pub fn from_operator<O: LinearOperator<T> + ?Sized>(op: &O) -> Result<Self, LinalgError> {
+        Ok(Self { mat: op.to_dense()?, structure: op.structure() })
     }
     fn square(&self, what: &'static str) -> Result<usize, LinalgError> {
         if self.mat.nrows() != self.mat.ncols() {
@@ -58,8 +59,9 @@ impl<T: Float> LinearOperator<T> for DenseOp<T> {
     fn describe(&self) -> String {
         format!("dense {}x{}", self.mat.nrows(), self.mat.ncols())
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         matmul(out, Accum::Replace, self.mat.as_ref(), rhs, T::one(), threads::par());
+        Ok(())
     }
     fn has_transpose(&self) -> bool {
         true
@@ -68,8 +70,8 @@ impl<T: Float> LinearOperator<T> for DenseOp<T> {
         matmul(out, Accum::Replace, self.mat.transpose(), rhs, T::one(), threads::par());
         Ok(())
     }
-    fn to_dense(&self) -> Mat<T> {
-        self.mat.clone()
+    fn to_dense(&self) -> Result<Mat<T>, LinalgError> {
+        Ok(self.mat.clone())
     }
     fn trace(&self) -> Result<T, LinalgError> {
         let n = self.square("trace")?;

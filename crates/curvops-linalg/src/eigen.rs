@@ -127,7 +127,7 @@ pub fn eigsh<T: Float, O: LinearOperator<T> + ?Sized>(
     loop {
         // Expansion j = p … m−1.
         for j in p..m {
-            a.apply(w.as_mut(), v.as_ref().subcols(j, 1));
+            a.apply(w.as_mut(), v.as_ref().subcols(j, 1))?;
             let wn0 = norm(&w);
             let coeffs = orthogonalize(&v, j + 1, &mut w);
             for (i, c) in coeffs.iter().enumerate() {
@@ -251,7 +251,7 @@ pub fn power_iteration<T: Float, O: LinearOperator<T> + ?Sized>(
     let (mut x, _) = thin_qr(x0.as_ref());
     let mut y = Mat::<T>::zeros(n, k);
     for it in 0..opts.max_iters {
-        a.apply(y.as_mut(), x.as_ref());
+        a.apply(y.as_mut(), x.as_ref())?;
         let hk = mul(x.transpose(), y.as_ref());
         let hs = Mat::<f64>::from_fn(k, k, |i, j| 0.5 * (hk[(i, j)].as_f64() + hk[(j, i)].as_f64()));
         let e = Eigh::from_dense(hs.as_ref())?;

@@ -53,4 +53,4 @@ pub use algebra::{
 pub use counting::CountingOp;
 pub use decomp::Eigh;
 pub use dense::DenseOp;
-pub use operator::{FaerOp, LinalgError, LinearOperator, Structure};
+pub use operator::{ErrorSource, FaerOp, LinalgError, LinearOperator, Structure};

@@ -4,6 +4,7 @@ use crate::decomp::Eigh;
 use curvops_tensor::Float;
 use faer::dyn_stack::{MemStack, StackReq};
 use faer::{Mat, MatMut, MatRef, Par};
+use std::sync::{Arc, Mutex};
 
 /// Structure an operator guarantees; algorithms that need it (Lanczos, CG) check these tags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,6 +76,16 @@ pub enum LinalgError {
     /// An iterative method diverged (its residual grew).
     #[error("diverged: {0}")]
     Diverged(String),
+    /// An inner computation of an operator's application failed: an inner solve that did not
+    /// converge, a non-positive-definite inner factorization, a failed data batch, …
+    #[error("{operator}: {source}")]
+    Inner {
+        /// The operator whose application failed.
+        operator: String,
+        /// The inner error.
+        #[source]
+        source: ErrorSource,
+    },
     /// Anything else, with a message.
     #[error("{0}")]
     Other(String),
@@ -85,6 +96,51 @@ impl LinalgError {
     pub fn unsupported(op: &'static str, operator: impl Into<String>) -> Self {
         Self::Unsupported { op, operator: operator.into() }
     }
+    /// `Inner { operator, source }`: the application of `operator` failed because of `source`.
+    pub fn inner(operator: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Inner { operator: operator.into(), source: ErrorSource::new(source) }
+    }
+}
+
+/// The source of a [`LinalgError::Inner`]: any error, shared so that [`LinalgError`] stays
+/// `Clone`. It displays as the inner error and forwards its `source`; `==` compares the
+/// messages. [`ErrorSource::get`] gives the inner error (e.g. to `downcast_ref` it).
+#[derive(Clone)]
+pub struct ErrorSource(Arc<dyn std::error::Error + Send + Sync>);
+
+impl ErrorSource {
+    /// Wraps `e`.
+    pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(Arc::from(e.into()))
+    }
+    /// The inner error.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for ErrorSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for ErrorSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for ErrorSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for ErrorSource {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
 }
 
 /// A matrix that can be applied to a block of columns.
@@ -92,6 +148,13 @@ impl LinalgError {
 /// `apply` computes `out = A · rhs` for an `ncols × K` block `rhs` into an `nrows × K` block
 /// `out` (whose previous content is overwritten). Implementations apply all `K` columns in one
 /// pass (one GEMM per layer for curvature operators), so callers should batch columns.
+///
+/// `apply` (and everything built on it: [`Self::apply_vec`], [`Self::to_dense`], the solvers,
+/// eigensolvers and estimators of this crate) is fallible: when an inner computation fails — an
+/// inner iterative solve that does not converge, an inner factorization of a matrix that is not
+/// positive definite, a failed data batch — it returns an error (e.g. [`LinalgError::Inner`]
+/// with the cause as its source) rather than writing NaN into `out` or panicking. The content
+/// of `out` after an error is unspecified.
 pub trait LinearOperator<T: Float>: Sync {
     /// Rows of `A`.
     fn nrows(&self) -> usize;
@@ -105,8 +168,8 @@ pub trait LinearOperator<T: Float>: Sync {
     fn describe(&self) -> String {
         format!("operator {}x{}", self.nrows(), self.ncols())
     }
-    /// `out ← A · rhs`.
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>);
+    /// `out ← A · rhs`. Errors when an inner computation fails (see the trait docs).
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError>;
     /// Whether [`Self::apply_transpose`] is available.
     fn has_transpose(&self) -> bool {
         self.structure().symmetric
@@ -114,21 +177,20 @@ pub trait LinearOperator<T: Float>: Sync {
     /// `out ← Aᵀ · rhs`. The default serves symmetric operators and errors otherwise.
     fn apply_transpose(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         if self.structure().symmetric {
-            self.apply(out, rhs);
-            Ok(())
+            self.apply(out, rhs)
         } else {
             Err(LinalgError::Unsupported { op: "transpose", operator: self.describe() })
         }
     }
     /// `A · x` for one vector.
-    fn apply_vec(&self, x: &[T]) -> Vec<T> {
+    fn apply_vec(&self, x: &[T]) -> Result<Vec<T>, LinalgError> {
         assert_eq!(x.len(), self.ncols(), "apply_vec: length");
         let mut out = Mat::<T>::zeros(self.nrows(), 1);
-        self.apply(out.as_mut(), MatRef::from_column_major_slice(x, x.len(), 1));
-        (0..self.nrows()).map(|i| out[(i, 0)]).collect()
+        self.apply(out.as_mut(), MatRef::from_column_major_slice(x, x.len(), 1))?;
+        Ok((0..self.nrows()).map(|i| out[(i, 0)]).collect())
     }
     /// The dense matrix, built by applying `A` to blocks of unit vectors of `block` columns.
-    fn to_dense_blocked(&self, block: usize) -> Mat<T> {
+    fn to_dense_blocked(&self, block: usize) -> Result<Mat<T>, LinalgError> {
         let (m, n) = (self.nrows(), self.ncols());
         let block = block.max(1);
         let mut out = Mat::<T>::zeros(m, n);
@@ -139,13 +201,13 @@ pub trait LinearOperator<T: Float>: Sync {
             for j in 0..k {
                 e[(start + j, j)] = T::one();
             }
-            self.apply(out.as_mut().subcols_mut(start, k), e.as_ref());
+            self.apply(out.as_mut().subcols_mut(start, k), e.as_ref())?;
             start += k;
         }
-        out
+        Ok(out)
     }
     /// The dense matrix (blocks of 64 unit vectors).
-    fn to_dense(&self) -> Mat<T> {
+    fn to_dense(&self) -> Result<Mat<T>, LinalgError> {
         self.to_dense_blocked(64)
     }
 
@@ -207,7 +269,7 @@ impl<T: Float, O: LinearOperator<T> + ?Sized> LinearOperator<T> for &O {
     fn describe(&self) -> String {
         (**self).describe()
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         (**self).apply(out, rhs)
     }
     fn has_transpose(&self) -> bool {
@@ -255,7 +317,7 @@ where
     fn describe(&self) -> String {
         (**self).describe()
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         (**self).apply(out, rhs)
     }
     fn has_transpose(&self) -> bool {
@@ -288,17 +350,33 @@ where
 }
 
 /// Adapter that lets faer's matrix-free algorithms (CG, LSMR, BiCGSTAB, Krylov–Schur) use a
-/// [`LinearOperator`]. The transpose (for `BiLinOp`) panics if the operator has none; check
-/// [`LinearOperator::has_transpose`] first.
+/// [`LinearOperator`].
+///
+/// faer's `LinOp::apply` cannot fail, so an error of the operator's `apply` (or
+/// `apply_transpose`, e.g. for an operator without a transpose) is kept — the first one — and
+/// the output is zero-filled; callers check [`FaerOp::take_error`] after the faer algorithm
+/// returns and report that error instead of its result.
 pub struct FaerOp<'a, T: Float, O: LinearOperator<T> + ?Sized> {
     op: &'a O,
+    error: Mutex<Option<LinalgError>>,
     _t: std::marker::PhantomData<T>,
 }
 
 impl<'a, T: Float, O: LinearOperator<T> + ?Sized> FaerOp<'a, T, O> {
     /// Wraps `op`.
     pub fn new(op: &'a O) -> Self {
-        Self { op, _t: std::marker::PhantomData }
+        Self { op, error: Mutex::new(None), _t: std::marker::PhantomData }
+    }
+    /// The first error of an application since the last call, if any (cleared).
+    pub fn take_error(&self) -> Option<LinalgError> {
+        self.error.lock().map(|mut e| e.take()).unwrap_or_else(|p| p.into_inner().take())
+    }
+    fn keep(&self, r: Result<(), LinalgError>, mut out: MatMut<'_, T>) {
+        if let Err(e) = r {
+            out.fill(T::zero());
+            let mut g = self.error.lock().unwrap_or_else(|p| p.into_inner());
+            g.get_or_insert(e);
+        }
     }
 }
 
@@ -318,12 +396,14 @@ impl<T: Float, O: LinearOperator<T> + ?Sized> faer::matrix_free::LinOp<T> for Fa
     fn ncols(&self) -> usize {
         self.op.ncols()
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, _par: Par, _stack: &mut MemStack) {
-        self.op.apply(out, rhs)
+    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, _par: Par, _stack: &mut MemStack) {
+        let r = self.op.apply(out.as_mut(), rhs);
+        self.keep(r, out);
     }
-    fn conj_apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, _par: Par, _stack: &mut MemStack) {
+    fn conj_apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, _par: Par, _stack: &mut MemStack) {
         // real scalars: conj(A) = A
-        self.op.apply(out, rhs)
+        let r = self.op.apply(out.as_mut(), rhs);
+        self.keep(r, out);
     }
 }
 
@@ -331,10 +411,12 @@ impl<T: Float, O: LinearOperator<T> + ?Sized> faer::matrix_free::BiLinOp<T> for 
     fn transpose_apply_scratch(&self, _rhs_ncols: usize, _par: Par) -> StackReq {
         StackReq::EMPTY
     }
-    fn transpose_apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, _par: Par, _stack: &mut MemStack) {
-        self.op.apply_transpose(out, rhs).expect("FaerOp: operator has no transpose")
+    fn transpose_apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, _par: Par, _stack: &mut MemStack) {
+        let r = self.op.apply_transpose(out.as_mut(), rhs);
+        self.keep(r, out);
     }
-    fn adjoint_apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>, _par: Par, _stack: &mut MemStack) {
-        self.op.apply_transpose(out, rhs).expect("FaerOp: operator has no transpose")
+    fn adjoint_apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>, _par: Par, _stack: &mut MemStack) {
+        let r = self.op.apply_transpose(out.as_mut(), rhs);
+        self.keep(r, out);
     }
 }

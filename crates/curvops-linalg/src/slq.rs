@@ -182,7 +182,7 @@ pub fn lanczos_quadrature<T: Float, O: LinearOperator<T> + ?Sized>(
         }
         let q = Mat::<T>::from_fn(n, act.len(), |i, c| bases[act[c]][(i, slot(j))]);
         let mut w = Mat::<T>::zeros(n, act.len());
-        a.apply(w.as_mut(), q.as_ref());
+        a.apply(w.as_mut(), q.as_ref())?;
         for (c, &s) in act.iter().enumerate() {
             let basis = &mut bases[s];
             let mut wc = w.as_ref().subcols(c, 1).to_owned();

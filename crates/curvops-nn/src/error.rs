@@ -28,6 +28,10 @@ pub enum NnError {
         /// What is wrong, naming the key.
         msg: String,
     },
+    /// A parameter selection names an unknown parameter or a node without parameters, or
+    /// selects nothing.
+    #[error("{0}")]
+    Selection(String),
     /// Anything else, with a message.
     #[error("{0}")]
     Other(String),

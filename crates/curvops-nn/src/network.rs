@@ -268,21 +268,18 @@ impl ActiveSet {
                 .and_then(|l| layout.layer_entries.get(l))
             {
                 if r.is_empty() {
-                    return Err(NnError::Other(format!("--params: layer {name} has no parameters")));
+                    return Err(NnError::Selection(format!("node {name} has no parameters")));
                 }
                 for i in r.clone() {
                     mask[i] = true;
                 }
             } else {
                 let known: Vec<&str> = layout.entries.iter().map(|e| e.name.as_str()).collect();
-                return Err(NnError::Other(format!(
-                    "--params: unknown parameter '{name}' (known: {})",
-                    known.join(", ")
-                )));
+                return Err(NnError::Selection(format!("unknown parameter '{name}' (known: {})", known.join(", "))));
             }
         }
         if !mask.iter().any(|&m| m) {
-            return Err(NnError::Other("--params: no parameters selected".into()));
+            return Err(NnError::Selection("no parameters selected".into()));
         }
         Ok(Self::from_mask(layout, &mask))
     }
@@ -456,7 +453,7 @@ impl<T: Float> Network<T> {
     pub fn forward(&self, theta: &[T], x: &[T], n: usize) -> Tape<T> {
         let mut acts = Vec::with_capacity(self.layers.len() + 1);
         let mut aux = Vec::with_capacity(self.layers.len());
-        acts.push(x.to_vec());
+        acts.push(curvops_tensor::ops::to_vec(x));
         for (l, layer) in self.layers.iter().enumerate() {
             let p = self.layout.node_params(l, theta);
             let xs: Vec<&[T]> = self.layout.node_inputs[l].iter().map(|&v| acts[v].as_slice()).collect();
@@ -634,9 +631,63 @@ impl<T: Float> Network<T> {
     /// (`[N, K, C]`), into the subset block `out` (`[K, D_S]`). Cotangents are summed where a
     /// value fans out, and a tied tensor's gradient over its uses.
     pub fn vjp(&self, theta: &[T], tape: &Tape<T>, g: Vec<T>, k: usize, active: &ActiveSet, out: &mut [T]) {
-        self.reverse(theta, tape, g, k, active, |l, c, gl| {
-            self.with_layer_out(l, out, k, active, |views| self.layers[l].vjp_param(c, gl, k, views));
-        });
+        // A node with active parameters gets its parameter and input cotangents from one call
+        // of its R-operator with zero tangents (`R(x) = 0`, `dθ = 0`, `R(g) = g`: exactly the
+        // linear backward map), which shares the work of the two (attention's core VJP,
+        // layernorm's normalization) — for every node whose R-op then does not read the primal
+        // cotangent (`hvp_needs_g(false, false, _)`); others use `vjp_param` and `vjp_inputs`.
+        let nl = self.layers.len();
+        let mut cot: Vec<Option<Vec<T>>> = vec![None; nl + 1];
+        cot[nl] = Some(g);
+        for l in (0..nl).rev() {
+            if !active.upstream[l] {
+                continue;
+            }
+            let Some(gl) = cot[l + 1].take() else { continue };
+            let layer = &self.layers[l];
+            let ins = &self.layout.node_inputs[l];
+            let want: Vec<bool> = ins.iter().map(|&v| self.wants_cotangent(v, active)).collect();
+            let want_any = want.iter().any(|&w| w);
+            let gx = self.with_ctx(l, theta, tape, |c| {
+                if !active.layer_active[l] {
+                    return if want_any { layer.vjp_inputs(c, &gl, k, &want) } else { Vec::new() };
+                }
+                if layer.hvp_needs_g(false, false, want_any) {
+                    self.with_layer_out(l, out, k, active, |views| layer.vjp_param(c, &gl, k, views));
+                    return if want_any { layer.vjp_inputs(c, &gl, k, &want) } else { Vec::new() };
+                }
+                let rxs: Vec<Option<&[T]>> = vec![None; ins.len()];
+                let dps: Vec<Option<&[T]>> = vec![None; self.layout.layer_entries[l].len()];
+                let mut gx = Vec::new();
+                self.with_layer_out(l, out, k, active, |views| {
+                    gx = layer.hvp_backward_inputs(c, &rxs, &dps, &[], &gl, k, views, &want);
+                });
+                gx
+            });
+            drop(gl);
+            for (&v, gv) in ins.iter().zip(gx) {
+                if let Some(gv) = gv {
+                    accumulate(&mut cot[v], gv);
+                }
+            }
+        }
+    }
+
+    /// Reverse mode visiting the nodes: calls `f(l, ctx, g_l)` for every node `l` with an active
+    /// parameter, in reverse topological order, with the cotangent `g_l` at its output (`[N, K,
+    /// O_l]`, summed where the output fans out) for `K` output cotangents `g` (`[N, K, C]`).
+    /// Cotangents flow only into values that depend on the active parameters and are freed
+    /// once used, so memory stays at the live cotangents (KFAC's gradient factors).
+    pub fn backward_visit(
+        &self,
+        theta: &[T],
+        tape: &Tape<T>,
+        g: Vec<T>,
+        k: usize,
+        active: &ActiveSet,
+        f: impl FnMut(usize, &Ctx<T>, &[T]),
+    ) {
+        self.reverse(theta, tape, g, k, active, f);
     }
 
     /// The reverse sweep shared by [`Self::vjp`] and [`Self::vjp_per_sample`]: calls

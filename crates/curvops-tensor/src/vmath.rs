@@ -64,12 +64,19 @@ pub fn sigmoid<T: Float>(x: &[T], out: &mut [T]) {
     T::sigmoid_slice(x, out)
 }
 
+/// `x[i] ← e^{x[i]}` (f32: the vectorized [`exp_f32`]; f64: libm).
+pub fn exp_inplace<T: Float>(x: &mut [T]) {
+    T::exp_slice_inplace(x)
+}
+
 /// Slice kernels with a type-specific implementation.
 pub trait SliceMath: Sized {
     /// `out = tanh(x)`.
     fn tanh_slice(x: &[Self], out: &mut [Self]);
     /// `out = sigmoid(x)`.
     fn sigmoid_slice(x: &[Self], out: &mut [Self]);
+    /// `x = exp(x)` in place.
+    fn exp_slice_inplace(x: &mut [Self]);
 }
 
 impl SliceMath for f32 {
@@ -93,6 +100,16 @@ impl SliceMath for f32 {
             },
         )
     }
+    fn exp_slice_inplace(x: &mut [f32]) {
+        crate::simd::with_simd(
+            #[inline(always)]
+            || {
+                for v in x.iter_mut() {
+                    *v = exp_f32(*v);
+                }
+            },
+        )
+    }
 }
 
 impl SliceMath for f64 {
@@ -109,6 +126,11 @@ impl SliceMath for f64 {
                 let e = v.exp();
                 e / (1.0 + e)
             };
+        }
+    }
+    fn exp_slice_inplace(x: &mut [f64]) {
+        for v in x.iter_mut() {
+            *v = v.exp();
         }
     }
 }

@@ -17,7 +17,7 @@
 use crate::cache::{BatchState, ForwardCache};
 use crate::walk::DataWalk;
 use crate::{block_to_vec, vec_to_block, Problem};
-use curvops_linalg::{LinearOperator, Structure};
+use curvops_linalg::{LinalgError, LinearOperator, Structure};
 use curvops_nn::data::Batch;
 use curvops_nn::ActiveSet;
 use curvops_tensor::Float;
@@ -244,7 +244,7 @@ impl<T: Float> LinearOperator<T> for CurvatureOperator<'_, T> {
     }
     /// Applies to the columns in chunks (see [`CurvatureOperator::block_chunk`]): each chunk is
     /// one pass over the data with one GEMM per layer.
-    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         let k = rhs.ncols();
         let chunk = self.block_chunk().clamp(1, k.max(1));
         let mut j = 0;
@@ -255,5 +255,6 @@ impl<T: Float> LinearOperator<T> for CurvatureOperator<'_, T> {
             vec_to_block(&r, out.as_mut().subcols_mut(j, kc));
             j += kc;
         }
+        Ok(())
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::curvature::{Curvature, CurvatureOperator};
 use crate::Problem;
-use curvops_linalg::LinearOperator;
+use curvops_linalg::{LinalgError, LinearOperator};
 use curvops_nn::ActiveSet;
 use curvops_tensor::{gemm, Float, Trans};
 
@@ -87,9 +87,10 @@ pub fn dense_jacobian<T: Float>(p: &Problem<T>, active: &ActiveSet, batch_size: 
     out
 }
 
-/// Dense matrix of any operator by unit-vector blocks (row-major `[nrows, ncols]`).
-pub fn dense_of<T: Float>(op: &dyn LinearOperator<T>) -> Vec<T> {
-    let m = op.to_dense();
+/// Dense matrix of any operator by unit-vector blocks (row-major `[nrows, ncols]`); errors when
+/// an application of `op` fails.
+pub fn dense_of<T: Float>(op: &dyn LinearOperator<T>) -> Result<Vec<T>, LinalgError> {
+    let m = op.to_dense()?;
     let (r, c) = (m.nrows(), m.ncols());
     let mut out = vec![T::zero(); r * c];
     for i in 0..r {
@@ -97,5 +98,5 @@ pub fn dense_of<T: Float>(op: &dyn LinearOperator<T>) -> Vec<T> {
             out[i * c + j] = m[(i, j)];
         }
     }
-    out
+    Ok(out)
 }

@@ -1,46 +1,61 @@
 //! Exact curvature diagonals without forming any `D × D` matrix (BackPACK's `DiagGGNExact`,
-//! `DiagGGNMC`, `DiagHessian`, and the empirical-Fisher diagonal).
+//! `DiagGGNMC`, `DiagHessian`, and the empirical-Fisher diagonal), on chains and graphs.
 //!
 //! Every diagonal here has the form
 //!
 //! `diag M = Σ_groups Σ_{n,k} w_{nk} (J_{θ,n}ᵀ u_{nk})²`  (elementwise square),
 //!
-//! where `u_{nk}` are vectors in the output space of some layer ("a group" of `K` columns per
-//! sample), `J_{θ,n}` the Jacobian of that layer output of sample `n` with respect to the
-//! parameters below it, and `w_{nk}` scalar weights. The columns are backpropagated through the
-//! network once; at each layer with active parameters the squared per-sample parameter
-//! gradients are accumulated with their weights:
-//!
-//! * linear `y = Wx + b`: `diag_W += Σ_n (Σ_k w_{nk} g_{nk}²)ᵀ ⊗ x_n²` — one GEMM
-//!   `Qᵀ X²` with `Q[n, o] = Σ_k w_{nk} g_{nk,o}²` (no per-sample gradients are formed), and
-//!   `diag_b += Σ_n Q[n, :]`;
-//! * conv2d: `diag_W += Σ_{n,k} w_{nk} (G_{nk} colsᵀ_n)²` per group (the layer's per-sample
-//!   weight gradient, one GEMM per sample and group), `diag_b += Σ w (Σ_p G_{nk,p})²`;
-//! * other layers (batch norm): the layer's per-sample parameter gradients, squared.
-//!
-//! The groups:
+//! where `u_{nk}` are vectors at some value of the graph ("a group" of `K` columns per sample),
+//! `J_{θ,n}` the Jacobian of that value of sample `n` with respect to the parameters, and
+//! `w_{nk}` scalar weights. The columns are backpropagated through the graph once (cotangents
+//! summed where a value fans out); at every node with active parameters its rule
+//! [`Layer::sq_grad_diag`] adds `Σ_{n,k} w_{nk} ((∂y_n/∂θ_t)ᵀ g_{nk})²` from the cotangents `g`
+//! at its output (linear: one GEMM `Qᵀ X²` for one row per sample, per-sample gradients for
+//! several rows; conv2d: one GEMM per sample; other layers: their per-sample gradients,
+//! squared). A tensor tied between several nodes has the sum of its uses as per-sample
+//! gradient: its users' per-sample gradients are summed before squaring.
 //!
 //! | diagonal | groups |
 //! |---|---|
 //! | GGN `c Σ_n J_nᵀ ∇²_f ℓ_n J_n` | the columns of `S_n` (`S_n S_nᵀ = ∇²_f ℓ_n`) at the output, `w = c` |
 //! | MC GGN (`fisher-mc`) | the `M` sampled-label gradients (keyed by seed, sample, draw), `w = c/M` |
 //! | empirical Fisher `c Σ_n ∇ℓ_n ∇ℓ_nᵀ` | `∇_f ℓ_n` at the output, `w = c` |
-//! | Hessian `∇²L` | the GGN's groups, plus at every activation `y = σ(x)` with `σ'' ≠ 0` the residual `diag(σ''(x) ⊙ g_y)` (`g_y` the gradient of `L` at the activation's output): unit columns `e_i` at the activation's input with signed weights `w_{ni} = σ''(x_{ni}) g_{y,ni}` |
+//! | Hessian `∇²L` | see below |
 //!
-//! The Hessian's residual groups are BackPACK's signed square-root factorization of the
-//! Hessian with respect to each layer output: the Hessian at the input of an activation is
-//! `D' H_y D' + diag(σ''(x) ⊙ g_y)`, and every other layer type of the engine (linear, conv2d,
-//! pooling, batch norm in evaluation mode, flatten, dropout) is linear in its input (max
-//! pooling piecewise so), adding no residual. Residual columns are processed in chunks, so the
-//! memory stays bounded for wide activations.
+//! # The Hessian
+//! For a graph, `∇²L = G + Σ_m (∂z_m/∂θ)ᵀ (Σ_o g_{m,o} ∇²_{z_m} y_{m,o}) (∂z_m/∂θ)`, summed over
+//! the nodes `m` with arguments `z_m` (inputs and own parameters) and `g_m` the gradient of `L`
+//! at node `m`'s output. Two exact methods ([`HessianDiagMethod`]):
+//!
+//! * **Residual columns** (BackPACK's `DiagHessian`, generalized to graphs): when the only
+//!   second derivatives that reach the diagonal are diagonal in a node's input — nodes linear
+//!   in their input and, separately, in their parameters (linear, conv2d, pooling, batch norm
+//!   in evaluation mode, add, concat, reshapes, embeddings, …, whose mixed `∂²y/∂x∂θ` terms only
+//!   couple different tensors), plus elementwise activations with `σ''(x) ⊙ g_y`
+//!   ([`Layer::input_hessian_diag`]) — the residual of each such node is a group of unit
+//!   columns `e_i` at its input value with signed weights `w_{ni} = σ''(x_{ni}) g_{y,ni}`,
+//!   backpropagated from there (in chunks, so the memory stays bounded for wide activations).
+//!   Which nodes have second derivatives is read from [`Layer::hvp_needs_g`]: a rule that needs
+//!   the primal cotangent with only an input (or only a parameter) direction has second
+//!   derivatives in its input (or parameters).
+//! * **Hessian-vector products** with blocks of unit vectors (`diag_i = e_iᵀ ∇²L e_i`, chunks of
+//!   [`CurvatureOperator::block_chunk`] columns, each one batched pass of the exact R-op over
+//!   the data): for every other graph — layer norm, attention, nodes with second derivatives in
+//!   their parameters, tied tensors (whose uses couple through mixed terms). Exact, at the cost
+//!   of `D / K` Hessian-block products; meant for small `D`.
+//!
+//! [`HessianDiagMethod::Auto`] takes the residual columns where they are exact
+//! ([`hessian_diag_plan`]).
 //!
 //! All sums run over mini-batches with the data-set reduction factor `c`, so the diagonals do
 //! not depend on the batch size (MC draws are keyed by the sample's index in the data set).
 
+use crate::curvature::{Curvature, CurvatureOperator};
+use crate::walk::DataWalk;
 use crate::Problem;
-use curvops_nn::layers::{Activation, Aux, Conv2d, Ctx, Linear};
+use curvops_nn::layers::{add_weighted_squares, Aux, Ctx, Layer};
 use curvops_nn::{ActiveSet, Network, Tape};
-use curvops_tensor::{gemm, Float, Trans};
+use curvops_tensor::Float;
 
 /// Which diagonal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,42 +75,55 @@ pub enum DiagKind {
     Hessian,
 }
 
+/// How the exact Hessian diagonal is computed (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HessianDiagMethod {
+    /// Residual columns where they are exact, else Hessian-vector products.
+    Auto,
+    /// Residual columns (Hessian-vector products where they would not be exact).
+    Residual,
+    /// Hessian-vector products with blocks of unit vectors.
+    Hvp,
+}
+
 /// Elements of a residual chunk `[n, K, size]` held at once (bounds the Hessian's memory).
 const CHUNK_ELEMS: usize = 1 << 22;
 
 /// The exact diagonal of `kind` over the active parameters (`[D_S]`), accumulated over
 /// batches of `batch_size` samples (0: one batch). See the module docs.
 pub fn curvature_diag<T: Float>(p: &Problem<T>, kind: DiagKind, active: &ActiveSet, batch_size: usize) -> Vec<T> {
-    let net = &p.net;
-    let mut out = vec![T::zero(); active.dim];
-    let nl = net.layers.len();
-    if active.dim == 0 || active.first_layer >= nl {
-        return out;
+    curvature_diag_with_loss(p, kind, active, batch_size, &|_, _| {}).0
+}
+
+/// [`curvature_diag`], also returning the summed loss `Σ_n ℓ_n` of the same forward passes (for
+/// the Hessian by Hessian-vector products: of separate forward passes). `progress(done,
+/// total)` reports batches.
+pub fn curvature_diag_with_loss<T: Float>(
+    p: &Problem<T>,
+    kind: DiagKind,
+    active: &ActiveSet,
+    batch_size: usize,
+    progress: &dyn Fn(usize, usize),
+) -> (Vec<T>, f64) {
+    curvature_diag_on(p, kind, active, &DataWalk::new(&p.data, batch_size), progress)
+}
+
+/// [`curvature_diag_with_loss`] on the samples of `walk` (the whole data set or a subset): the
+/// diagonal of the curvature of `L_S = c_S Σ_{n ∈ S} ℓ_n` (`c_S` the reduction over `|S|`
+/// samples; Monte-Carlo draws keyed by the samples' global indices) and `Σ_{n ∈ S} ℓ_n`.
+pub fn curvature_diag_on<T: Float>(
+    p: &Problem<T>,
+    kind: DiagKind,
+    active: &ActiveSet,
+    walk: &DataWalk<T>,
+    progress: &dyn Fn(usize, usize),
+) -> (Vec<T>, f64) {
+    if kind == DiagKind::Hessian && hessian_diag_plan(&p.net, active, HessianDiagMethod::Auto) == HessianDiagMethod::Hvp
+    {
+        let d = hessian_diag_hvp(p, active, walk);
+        return (d, summed_loss(p, walk));
     }
-    let cdim = net.out_size();
-    let c = net.loss.factor(p.data.n, cdim);
-    for batch in p.data.batches(batch_size) {
-        let n = batch.n;
-        let tape = net.forward(&p.theta, batch.x, n);
-        let (cols, k, w) = match kind {
-            DiagKind::Ggn | DiagKind::Hessian => {
-                let (s, r) = net.loss.hess_factor(tape.output(), batch.y, n, cdim);
-                (s, r, c)
-            }
-            DiagKind::GgnMc { samples, seed } => (
-                net.loss.sampled_grads(tape.output(), n, cdim, seed, batch.start, samples),
-                samples,
-                c / samples as f64,
-            ),
-            DiagKind::Ef => (net.loss.grad(tape.output(), batch.y, n, cdim), 1, c),
-        };
-        let weights = vec![T::of(w); n * k];
-        backprop_group(net, &p.theta, &tape, nl - 1, cols, k, &weights, active, &mut out);
-        if kind == DiagKind::Hessian {
-            add_residuals(net, &p.theta, &tape, batch.y, c, active, &mut out);
-        }
-    }
-    out
+    diag_pass(p, kind, active, walk, progress)
 }
 
 /// The exact GGN diagonal (BackPACK's `DiagGGNExact`).
@@ -120,219 +148,305 @@ pub fn ef_diag<T: Float>(p: &Problem<T>, active: &ActiveSet, batch_size: usize) 
     curvature_diag(p, DiagKind::Ef, active, batch_size)
 }
 
-/// The exact Hessian diagonal (BackPACK's `DiagHessian`).
+/// The exact Hessian diagonal (BackPACK's `DiagHessian`), by [`HessianDiagMethod::Auto`].
 pub fn hessian_diag<T: Float>(p: &Problem<T>, active: &ActiveSet, batch_size: usize) -> Vec<T> {
     curvature_diag(p, DiagKind::Hessian, active, batch_size)
 }
 
-/// Backpropagates `K` columns per sample (`g`: `[n, K, ·]` at the output of layer `top`) down to
-/// the first active layer, adding `Σ_{n,k} w_{nk} (∂y/∂θ)ᵀ g_{nk})²` of every active layer.
+/// The exact Hessian diagonal by the given method.
+pub fn hessian_diag_by<T: Float>(
+    p: &Problem<T>,
+    active: &ActiveSet,
+    batch_size: usize,
+    method: HessianDiagMethod,
+) -> Vec<T> {
+    let walk = DataWalk::new(&p.data, batch_size);
+    match hessian_diag_plan(&p.net, active, method) {
+        HessianDiagMethod::Hvp => hessian_diag_hvp(p, active, &walk),
+        _ => diag_pass(p, DiagKind::Hessian, active, &walk, &|_, _| {}).0,
+    }
+}
+
+/// The method [`hessian_diag_by`] uses for `method` on this network and parameter set:
+/// [`HessianDiagMethod::Residual`] when the residual columns are exact (see the module docs),
+/// else [`HessianDiagMethod::Hvp`].
+pub fn hessian_diag_plan<T: Float>(
+    net: &Network<T>,
+    active: &ActiveSet,
+    method: HessianDiagMethod,
+) -> HessianDiagMethod {
+    if method == HessianDiagMethod::Hvp || !residuals_exact(net, active) {
+        HessianDiagMethod::Hvp
+    } else {
+        HessianDiagMethod::Residual
+    }
+}
+
+/// Whether the residual columns give the exact Hessian diagonal: no active tensor is tied, no
+/// node with active parameters has second derivatives in them, and every node whose input
+/// depends on the active parameters has either no second derivatives in it or one input with
+/// a diagonal input Hessian.
+fn residuals_exact<T: Float>(net: &Network<T>, active: &ActiveSet) -> bool {
+    let lay = &net.layout;
+    if lay.entries.iter().zip(&active.sub_offset).any(|(e, so)| so.is_some() && e.users.len() > 1) {
+        return false;
+    }
+    for (l, layer) in net.layers.iter().enumerate() {
+        if !active.upstream[l] {
+            continue;
+        }
+        let ins = &lay.node_inputs[l];
+        let rx = ins.iter().any(|&v| v > 0 && active.upstream[v - 1]);
+        if active.layer_active[l] && layer.hvp_needs_g(false, true, false) {
+            return false;
+        }
+        if rx && layer.hvp_needs_g(true, false, true) && (ins.len() != 1 || !has_input_hessian_diag(layer.as_ref())) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether a node provides [`Layer::input_hessian_diag`] (asked on an empty batch).
+fn has_input_hessian_diag<T: Float>(layer: &dyn Layer<T>) -> bool {
+    let empty: [&[T]; 1] = [&[]];
+    let c = Ctx { p: &[], x: &[], xs: &empty, y: &[], aux: &Aux::None, n: 0 };
+    layer.input_hessian_diag(&c, &[]).is_some()
+}
+
+/// `Σ_n ℓ_n` over the walk's samples (forward passes only).
+pub(crate) fn summed_loss<T: Float>(p: &Problem<T>, walk: &DataWalk<T>) -> f64 {
+    let (net, c) = (&p.net, p.net.out_size());
+    walk.batches()
+        .iter()
+        .map(|b| {
+            let f = net.predict(&p.theta, b.x, b.n);
+            net.loss.values(&f, b.y, b.n, c).iter().map(|v| v.as_f64()).sum::<f64>()
+        })
+        .sum()
+}
+
+/// The Hessian diagonal from Hessian-vector products with blocks of unit vectors.
+fn hessian_diag_hvp<T: Float>(p: &Problem<T>, active: &ActiveSet, walk: &DataWalk<T>) -> Vec<T> {
+    let d = active.dim;
+    let mut out = vec![T::zero(); d];
+    if d == 0 {
+        return out;
+    }
+    let op = CurvatureOperator::on(p, Curvature::Hessian, active.clone(), walk.clone()).with_cache(1 << 30);
+    let chunk = op.block_chunk().clamp(1, d);
+    let mut block = Vec::new();
+    for j0 in (0..d).step_by(chunk) {
+        let kk = chunk.min(d - j0);
+        block.clear();
+        block.resize(kk * d, T::zero());
+        for j in 0..kk {
+            block[j * d + j0 + j] = T::one();
+        }
+        let r = op.apply_block(&block, kk);
+        for j in 0..kk {
+            out[j0 + j] = r[j * d + j0 + j];
+        }
+    }
+    out
+}
+
+/// One pass over the data with the groups of `kind` (the Hessian with residual columns; the
+/// caller has checked [`residuals_exact`]). Also returns `Σ_n ℓ_n`.
+fn diag_pass<T: Float>(
+    p: &Problem<T>,
+    kind: DiagKind,
+    active: &ActiveSet,
+    walk: &DataWalk<T>,
+    progress: &dyn Fn(usize, usize),
+) -> (Vec<T>, f64) {
+    let net = &p.net;
+    let mut out = vec![T::zero(); active.dim];
+    let mut loss = 0.0;
+    let cdim = net.out_size();
+    let c = walk.factor(net);
+    let batches = walk.batches();
+    let live = active.dim > 0 && active.first_layer < net.layers.len();
+    for (bi, batch) in batches.iter().enumerate() {
+        let n = batch.n;
+        let tape = net.forward(&p.theta, batch.x, n);
+        loss += net.loss.values(tape.output(), batch.y, n, cdim).iter().map(|v| v.as_f64()).sum::<f64>();
+        if live {
+            let (cols, k, w) = match kind {
+                DiagKind::Ggn | DiagKind::Hessian => {
+                    let (s, r) = net.loss.hess_factor(tape.output(), batch.y, n, cdim);
+                    (s, r, c)
+                }
+                DiagKind::GgnMc { samples, seed } => (
+                    net.loss.sampled_grads_batch(tape.output(), batch, cdim, seed, samples),
+                    samples,
+                    c / samples as f64,
+                ),
+                DiagKind::Ef => (net.loss.grad(tape.output(), batch.y, n, cdim), 1, c),
+            };
+            let weights = vec![T::of(w); n * k];
+            let cots = net.backward_cotangents(&p.theta, &tape, cols, k, active.first_layer);
+            add_group(net, &p.theta, &tape, &cots, k, &weights, active, &mut out);
+            if kind == DiagKind::Hessian {
+                let mut g = net.loss.grad(tape.output(), batch.y, n, cdim);
+                curvops_tensor::ops::scale(T::of(c), &mut g);
+                add_residuals(net, &p.theta, &tape, g, active, &mut out);
+            }
+        }
+        progress(bi + 1, batches.len());
+    }
+    (out, loss)
+}
+
+/// Mutable views of `out` at the given `(offset, len)` ranges (disjoint), in the given order.
+fn split_views<'a, T>(out: &'a mut [T], ranges: &[Option<(usize, usize)>]) -> Vec<Option<&'a mut [T]>> {
+    let mut order: Vec<usize> = (0..ranges.len()).filter(|&i| ranges[i].is_some()).collect();
+    order.sort_by_key(|&i| ranges[i].map(|r| r.0));
+    let mut views: Vec<Option<&'a mut [T]>> = (0..ranges.len()).map(|_| None).collect();
+    let mut rest: &'a mut [T] = out;
+    let mut at = 0;
+    for i in order {
+        let (off, len) = ranges[i].expect("selected");
+        let tail = std::mem::take(&mut rest);
+        let (_, tail) = tail.split_at_mut(off - at);
+        let (mine, tail) = tail.split_at_mut(len);
+        views[i] = Some(mine);
+        rest = tail;
+        at = off + len;
+    }
+    views
+}
+
+/// Adds `Σ_{n,k} w_{nk} (J_{θ,n}ᵀ u_{nk})²` of one group, given the group's cotangents at every
+/// node output (`cots[l + 1]`, `[n, K, O_l]`): each node's rule for its untied active tensors,
+/// and for each tied tensor the square of the per-sample gradients summed over its uses.
 #[allow(clippy::too_many_arguments)]
-fn backprop_group<T: Float>(
+fn add_group<T: Float>(
     net: &Network<T>,
     theta: &[T],
     tape: &Tape<T>,
-    top: usize,
+    cots: &[Option<Vec<T>>],
+    k: usize,
+    w: &[T],
+    active: &ActiveSet,
+    out: &mut [T],
+) {
+    let lay = &net.layout;
+    let n = tape.n;
+    let tied = |i: usize| lay.entries[i].users.len() > 1;
+    for (l, layer) in net.layers.iter().enumerate() {
+        let (true, Some(gl)) = (active.layer_active[l], cots[l + 1].as_deref()) else { continue };
+        let ranges: Vec<Option<(usize, usize)>> = lay.layer_entries[l]
+            .iter()
+            .map(|&i| active.sub_offset[i].filter(|_| !tied(i)).map(|so| (so, lay.entries[i].len)))
+            .collect();
+        if ranges.iter().all(Option::is_none) {
+            continue;
+        }
+        let mut views = split_views(out, &ranges);
+        net.with_ctx(l, theta, tape, |c| layer.sq_grad_diag(c, gl, k, w, &mut views));
+    }
+    for (i, e) in lay.entries.iter().enumerate() {
+        let (Some(so), true) = (active.sub_offset[i], tied(i)) else { continue };
+        let mut sum = vec![T::zero(); n * k * e.len];
+        for &u in &e.users {
+            let Some(gu) = cots[u + 1].as_deref() else { continue };
+            let roles = &lay.layer_entries[u];
+            let mut bufs: Vec<Option<Vec<T>>> =
+                roles.iter().map(|&j| (j == i).then(|| vec![T::zero(); n * k * e.len])).collect();
+            {
+                let mut views: Vec<Option<&mut [T]>> = bufs.iter_mut().map(|b| b.as_deref_mut()).collect();
+                net.with_ctx(u, theta, tape, |c| net.layers[u].vjp_param_per_sample(c, gu, k, &mut views));
+            }
+            for b in bufs.iter().flatten() {
+                curvops_tensor::ops::axpy(T::one(), b, &mut sum);
+            }
+        }
+        add_weighted_squares(&sum, w, &mut out[so..so + e.len]);
+    }
+}
+
+/// Backpropagates `K` columns per sample injected at value `v` (`[n, K, size_v]`) to every node
+/// output above the first active node (`cots[l + 1]`, summed where values fan out); nodes whose
+/// output does not depend on the active parameters are skipped.
+fn cotangents_from<T: Float>(
+    net: &Network<T>,
+    theta: &[T],
+    tape: &Tape<T>,
+    v: usize,
     g: Vec<T>,
     k: usize,
-    w: &[T],
     active: &ActiveSet,
-    out: &mut [T],
-) {
-    let first = active.first_layer;
-    if top < first {
-        return;
-    }
-    if top + 1 == net.layers.len() {
-        // from the output: the cotangent at every node, summed where values fan out
-        let cots = net.backward_cotangents(theta, tape, g, k, first);
-        for l in first..=top {
-            if let (true, Some(gl)) = (active.layer_active[l], cots[l + 1].as_deref()) {
-                net.with_ctx(l, theta, tape, |c| add_layer_diag(net, l, c, gl, k, w, active, out));
+) -> Vec<Option<Vec<T>>> {
+    let nl = net.layers.len();
+    let stop = active.first_layer;
+    let mut cot: Vec<Option<Vec<T>>> = vec![None; nl + 1];
+    cot[v] = Some(g);
+    for l in (stop..v).rev() {
+        if l == stop || !active.upstream[l] {
+            continue;
+        }
+        let Some(gl) = cot[l + 1].as_deref() else { continue };
+        let ins = &net.layout.node_inputs[l];
+        let want: Vec<bool> = ins.iter().map(|&u| u > stop && active.upstream[u - 1]).collect();
+        if !want.iter().any(|&w| w) {
+            continue;
+        }
+        let gx = net.with_ctx(l, theta, tape, |c| net.layers[l].vjp_inputs(c, gl, k, &want));
+        for (&u, gu) in ins.iter().zip(gx) {
+            if let Some(gu) = gu {
+                match &mut cot[u] {
+                    Some(acc) => curvops_tensor::ops::axpy(T::one(), &gu, acc),
+                    slot => *slot = Some(gu),
+                }
             }
         }
-        return;
     }
-    // from inside a chain (the Hessian's residual columns)
-    let mut g = g;
-    for l in (first..=top).rev() {
-        net.with_ctx(l, theta, tape, |c| {
-            if active.layer_active[l] {
-                add_layer_diag(net, l, c, &g, k, w, active, out);
-            }
-            if l > first {
-                g = net.layers[l].vjp_input(c, &g, k);
-            }
-        });
-    }
+    cot
 }
 
-/// `out_t += Σ_{n,k} w_{nk} ((∂y_n/∂θ_t)ᵀ g_{nk})²` for the active tensors `t` of layer `l`.
-#[allow(clippy::too_many_arguments)]
-fn add_layer_diag<T: Float>(
-    net: &Network<T>,
-    l: usize,
-    c: &Ctx<T>,
-    g: &[T],
-    k: usize,
-    w: &[T],
-    active: &ActiveSet,
-    out: &mut [T],
-) {
-    let layer = &net.layers[l];
-    let entries = net.layout.layer_entries[l].clone();
-    let offs: Vec<Option<usize>> = entries.iter().map(|&i| active.sub_offset[i]).collect();
-    let n = c.n;
-    let any = layer.as_any();
-    if any.downcast_ref::<Linear>().is_some() {
-        let (o, i) = (layer.out_size(), layer.in_size());
-        // Q[n, o] = Σ_k w g²
-        let mut q = vec![T::zero(); n * o];
-        for s in 0..n {
-            for kk in 0..k {
-                let wv = w[s * k + kk];
-                let row = &g[(s * k + kk) * o..(s * k + kk + 1) * o];
-                for (d, v) in q[s * o..(s + 1) * o].iter_mut().zip(row) {
-                    *d += wv * *v * *v;
-                }
-            }
-        }
-        if let Some(off) = offs[0] {
-            let x2: Vec<T> = c.x.iter().map(|v| *v * *v).collect();
-            gemm(o, i, n, T::one(), &q, o, Trans::T, &x2, i, Trans::N, T::one(), &mut out[off..off + o * i], i);
-        }
-        if let Some(Some(off)) = offs.get(1) {
-            for row in q.chunks_exact(o) {
-                for (d, v) in out[*off..*off + o].iter_mut().zip(row) {
-                    *d += *v;
-                }
-            }
-        }
-        return;
-    }
-    if let Some(conv) = any.downcast_ref::<Conv2d>() {
-        let geom = conv.geom();
-        let (groups, jg, pp) = (conv.groups(), conv.jg(), geom.out_len());
-        let o = layer.out_size() / pp;
-        let og = o / groups;
-        let cs = groups * jg * pp;
-        let cols = match c.aux {
-            Aux::Cols(v) => v,
-            _ => panic!("conv2d: forward pass did not keep cols"),
-        };
-        if let Some(off) = offs[0] {
-            let mut grad = vec![T::zero(); og * jg];
-            for s in 0..n {
-                let cn = &cols[s * cs..(s + 1) * cs];
-                for kk in 0..k {
-                    let wv = w[s * k + kk];
-                    if wv == T::zero() {
-                        continue;
-                    }
-                    let gk = &g[(s * k + kk) * o * pp..(s * k + kk + 1) * o * pp];
-                    for gi in 0..groups {
-                        gemm(
-                            og,
-                            jg,
-                            pp,
-                            T::one(),
-                            &gk[gi * og * pp..],
-                            pp,
-                            Trans::N,
-                            &cn[gi * jg * pp..],
-                            pp,
-                            Trans::T,
-                            T::zero(),
-                            &mut grad,
-                            jg,
-                        );
-                        let dst = &mut out[off + gi * og * jg..off + (gi + 1) * og * jg];
-                        for (d, v) in dst.iter_mut().zip(&grad) {
-                            *d += wv * *v * *v;
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(Some(off)) = offs.get(1) {
-            for s in 0..n {
-                for kk in 0..k {
-                    let wv = w[s * k + kk];
-                    let gk = &g[(s * k + kk) * o * pp..(s * k + kk + 1) * o * pp];
-                    for (ch, d) in out[*off..*off + o].iter_mut().enumerate() {
-                        let sum: T = gk[ch * pp..(ch + 1) * pp].iter().copied().sum();
-                        *d += wv * sum * sum;
-                    }
-                }
-            }
-        }
-        return;
-    }
-    // generic: the layer's per-sample parameter gradients
-    let lens: Vec<usize> = entries.iter().map(|&i| net.layout.entries[i].len).collect();
-    let mut bufs: Vec<Option<Vec<T>>> =
-        offs.iter().zip(&lens).map(|(o, &len)| o.map(|_| vec![T::zero(); n * k * len])).collect();
-    {
-        let mut views: Vec<Option<&mut [T]>> = bufs.iter_mut().map(|b| b.as_deref_mut()).collect();
-        layer.vjp_param_per_sample(c, g, k, &mut views);
-    }
-    for ((b, off), &len) in bufs.iter().zip(&offs).zip(&lens) {
-        if let (Some(b), Some(off)) = (b, off) {
-            for (r, row) in b.chunks_exact(len).enumerate() {
-                let wv = w[r];
-                for (d, v) in out[*off..*off + len].iter_mut().zip(row) {
-                    *d += wv * *v * *v;
-                }
-            }
-        }
-    }
-}
-
-/// The Hessian's residual groups: at each smooth activation `m` above the first active layer,
-/// unit columns at its input weighted by `σ''(x) ⊙ g_y`, backpropagated in chunks.
+/// The Hessian's residual groups: at each node whose input depends on the active parameters
+/// and which has second derivatives in it, unit columns at its input value weighted by the
+/// diagonal input Hessian `Σ_o g_o ∂²y_o/∂x²` (`g` = `c ∇_f ℓ` backpropagated to the node's
+/// output), backpropagated in chunks.
 fn add_residuals<T: Float>(
     net: &Network<T>,
     theta: &[T],
     tape: &Tape<T>,
-    y: curvops_nn::TargetsRef<T>,
-    c: f64,
+    g: Vec<T>,
     active: &ActiveSet,
     out: &mut [T],
 ) {
-    let nl = net.layers.len();
-    let first = active.first_layer;
+    let lay = &net.layout;
     let n = tape.n;
-    let cdim = net.out_size();
-    // first-order cotangents g_y at the output of every smooth activation above `first`
-    let smooth = |l: usize| {
-        net.layers[l].as_any().downcast_ref::<Activation>().filter(|a| !a.activation().is_piecewise_linear())
-    };
-    let lowest = (first + 1..nl).find(|&l| smooth(l).is_some());
-    let Some(lowest) = lowest else { return };
-    let mut g = net.loss.grad(tape.output(), y, n, cdim);
-    curvops_tensor::ops::scale(T::of(c), &mut g);
-    let mut at_output: Vec<Option<Vec<T>>> = vec![None; nl];
-    for l in (lowest..nl).rev() {
-        if smooth(l).is_some() {
-            at_output[l] = Some(g.clone());
-        }
-        if l > lowest {
-            g = net.with_ctx(l, theta, tape, |cx| net.layers[l].vjp_input(cx, &g, 1));
-        }
+    let first = active.first_layer;
+    // the nodes with residuals
+    let nodes: Vec<usize> = (0..net.layers.len())
+        .filter(|&m| {
+            let ins = &lay.node_inputs[m];
+            active.upstream[m]
+                && ins.iter().any(|&v| v > 0 && active.upstream[v - 1])
+                && net.layers[m].hvp_needs_g(true, false, true)
+        })
+        .collect();
+    if nodes.is_empty() {
+        return;
     }
-    // the widest layer input/output the columns pass through (for the chunk size)
-    let widest =
-        |top: usize| (first..=top).map(|l| net.layers[l].in_size().max(net.layers[l].out_size())).max().unwrap_or(1);
-    for m in lowest..nl {
-        let (Some(act), Some(gy)) = (smooth(m), at_output[m].as_ref()) else { continue };
-        let kind = act.activation();
-        let size = net.layers[m].in_size();
-        let (x, yv) = (&tape.acts[m], &tape.acts[m + 1]);
-        let r: Vec<T> = (0..n * size).map(|i| kind.d2(x[i], yv[i]) * gy[i]).collect();
-        let kc = (CHUNK_ELEMS / (n * widest(m - 1)).max(1)).clamp(1, size);
+    // first-order cotangents at every node output
+    let g1 = net.backward_cotangents(theta, tape, g, 1, first);
+    // the widest value the columns pass through (for the chunk size)
+    let widest = net.layers.iter().map(|l| l.in_size().max(l.out_size())).max().unwrap_or(1).max(1);
+    for m in nodes {
+        let Some(gy) = g1[m + 1].as_deref() else { continue };
+        let v = lay.node_inputs[m][0];
+        let r = net
+            .with_ctx(m, theta, tape, |c| net.layers[m].input_hessian_diag(c, gy))
+            .expect("a node with second derivatives in its input has a diagonal input Hessian (checked)");
+        let size = tape.acts[v].len() / n.max(1);
+        let kc = (CHUNK_ELEMS / (n * widest).max(1)).clamp(1, size.max(1));
         for i0 in (0..size).step_by(kc) {
             let kk = kc.min(size - i0);
-            if (0..n).all(|s| r[s * size + i0..s * size + i0 + kk].iter().all(|v| *v == T::zero())) {
+            if (0..n).all(|s| r[s * size + i0..s * size + i0 + kk].iter().all(|x| *x == T::zero())) {
                 continue;
             }
             let mut block = vec![T::zero(); n * kk * size];
@@ -343,7 +457,8 @@ fn add_residuals<T: Float>(
                     w[s * kk + j] = r[s * size + i0 + j];
                 }
             }
-            backprop_group(net, theta, tape, m - 1, block, kk, &w, active, out);
+            let cots = cotangents_from(net, theta, tape, v, block, kk, active);
+            add_group(net, theta, tape, &cots, kk, &w, active, out);
         }
     }
 }

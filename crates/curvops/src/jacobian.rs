@@ -91,11 +91,12 @@ impl<T: Float> LinearOperator<T> for JacobianOperator<'_, T> {
     fn describe(&self) -> String {
         format!("{} ({}x{})", if self.transposed { "jacobian-t" } else { "jacobian" }, self.nrows(), self.ncols())
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         let k = rhs.ncols();
         let v = block_to_vec(rhs);
         let r = if self.transposed { self.vjp_block(&v, k) } else { self.jvp_block(&v, k) };
         vec_to_block(&r, out);
+        Ok(())
     }
     fn has_transpose(&self) -> bool {
         true

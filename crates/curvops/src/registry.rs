@@ -14,10 +14,14 @@
 //! | `FisherMc` | `c Σ_n J_nᵀ (1/M Σ_m g_nm g_nmᵀ) J_n` | `D_S × D_S` |
 //! | `Jacobian` / `JacobianT` | `J` / `Jᵀ` of all outputs | `N·C × D_S` / `D_S × N·C` |
 //!
+//! | `Kfac` / `Ekfac` | KFAC / EKFAC fitted on the spec's data (`Kfac::fit_on`) | `D_S × D_S` |
+//!
 //! `blocks` restricts a square operator to its block diagonal (one block per node — a tied
 //! tensor belongs to its first node — or per parameter tensor); `damping` adds `λI`. KFAC and
-//! EKFAC are built by `crate::kfac` from fitted factors (they are not products of the engine).
+//! EKFAC are fitted once when the operator is built, on the same data walk (whole data set or
+//! subset) as every other kind; factors loaded from a file are wrapped by the caller.
 
+use crate::kfac::{DampedKfac, DampingMode, Ekfac, Kfac, KfacError, KfacOptions};
 use crate::walk::{DataWalk, SubsetError};
 use crate::{ActiveSet, Curvature, CurvatureOperator, JacobianOperator, Problem};
 use curvops_linalg::{BlockRestrictOp, DampedOp, LinalgError, LinearOperator};
@@ -33,6 +37,19 @@ pub enum OperatorKind {
     Jacobian,
     /// Its transpose.
     JacobianT,
+    /// KFAC fitted on the spec's data ([`crate::kfac`]; `options.batch_size` is replaced by the
+    /// spec's), whose damped solves and log-determinants follow `damping`.
+    Kfac {
+        /// The fit's options.
+        options: KfacOptions,
+        /// How a shift `λ` enters `solve_shifted` / `logdet_shifted`.
+        damping: DampingMode,
+    },
+    /// EKFAC fitted on the spec's data (exact damping only).
+    Ekfac {
+        /// The fit's options.
+        options: KfacOptions,
+    },
 }
 
 /// Block-diagonal restriction of a square operator.
@@ -85,6 +102,9 @@ pub enum RegistryError {
     /// The linear algebra refused (e.g. damping a rectangular operator).
     #[error(transparent)]
     Linalg(#[from] LinalgError),
+    /// The KFAC / EKFAC fit failed (e.g. a parameter it cannot cover).
+    #[error(transparent)]
+    Kfac(#[from] KfacError),
 }
 
 /// Sizes of the blocks of `blocks` over the active parameters, in the subset vector's order
@@ -152,6 +172,19 @@ pub fn build_active<'a, T: Float>(
                 return Err(RegistryError::Option("damping applies to square operators, not to the Jacobian".into()));
             }
             Box::new(JacobianOperator::on(p, active, walk, spec.kind == OperatorKind::JacobianT))
+        }
+        OperatorKind::Kfac { options, damping } => {
+            let o = KfacOptions { batch_size: spec.batch_size, ..options };
+            let k = Kfac::fit_on(p, &walk, &active, &o)?;
+            if damping == DampingMode::Exact {
+                Box::new(k)
+            } else {
+                Box::new(DampedKfac::new(k, damping))
+            }
+        }
+        OperatorKind::Ekfac { options } => {
+            let o = KfacOptions { batch_size: spec.batch_size, ..options };
+            Box::new(Ekfac::fit_on(p, &walk, &active, &o)?)
         }
     };
     let op = match sizes {

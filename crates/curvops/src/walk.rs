@@ -91,7 +91,13 @@ impl<'a, T: Float> DataWalk<'a, T> {
 
     /// The batches in order, each with its samples' global indices.
     pub fn batches(&self) -> Vec<Batch<'_, T>> {
-        let mut b = self.data.batches(self.batch_size);
+        self.batches_of(self.batch_size)
+    }
+
+    /// The batches of `batch_size` consecutive samples of the view (0: one batch), each with
+    /// its samples' global indices — for passes that bound their batch size by memory.
+    pub fn batches_of(&self, batch_size: usize) -> Vec<Batch<'_, T>> {
+        let mut b = self.data.batches(batch_size);
         if let Some(keys) = &self.keys {
             for batch in &mut b {
                 batch.keys = Some(&keys[batch.start..batch.start + batch.n]);

@@ -13,11 +13,19 @@
 //! `ggn_vp`, `hvp` and `ggn_block16` are cold (a fresh operator: forward pass included, as the
 //! JAX peer measures them); the `*_cached` variants reuse the forward pass and loss factors
 //! kept from an earlier application.
+//!
+//! `eigs10` is the top-10 GGN eigenvalues by Lanczos (`curvops eigs ggn --k 10 --tol 1e-4` on a
+//! fresh operator that caches its forward pass), inside this process: median of at most 3 runs
+//! without warm-up (the row gives `matvecs` and the top 3 eigenvalues).
+//!
+//! Thread counts: `--thread-counts` (default 1,2), else `--threads`; dtypes: `--dtypes`
+//! (default both), else `--dtype`.
 
 use crate::args::{Common, Dtype};
 use crate::common::{CliResult, Progress};
 use curvops::gradient::loss_and_grad;
 use curvops::{ActiveSet, Curvature, CurvatureOperator, Problem};
+use curvops_linalg::eigen::{eigsh, EigshOptions, Which};
 use curvops_nn::io::load_problem;
 use curvops_tensor::rng::Rng;
 use curvops_tensor::Float;
@@ -79,8 +87,8 @@ pub fn run(
     threads: Option<Vec<usize>>,
     only: Option<Vec<String>>,
 ) -> CliResult<()> {
-    let dtypes = dtypes.unwrap_or_else(|| vec![Dtype::F32, Dtype::F64]);
-    let threads = threads.unwrap_or_else(|| vec![1, 2]);
+    let dtypes = dtypes.or_else(|| c.dtype.map(|d| vec![d])).unwrap_or_else(|| vec![Dtype::F32, Dtype::F64]);
+    let threads = threads.or_else(|| c.threads.map(|t| vec![t])).unwrap_or_else(|| vec![1, 2]);
     if threads.contains(&0) {
         return Err("--thread-counts must be positive".into());
     }
@@ -111,17 +119,50 @@ fn bench_one<T: Float>(dir: &Path, reps: usize, threads: usize, json: bool, only
     let name = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     let all = ActiveSet::all(&p.net.layout);
     let d = all.dim;
+    let wants = |op: &str| only.is_none_or(|o| o.iter().any(|x| x == op));
     let mut rng = Rng::new(0);
     let v1: Vec<T> = (0..d).map(|_| T::of(rng.normal())).collect();
-    let v16: Vec<T> = (0..16 * d).map(|_| T::of(rng.normal())).collect();
+    // the 16-column block only when an op uses it (16·D normals take a while on large models)
+    let v16: Vec<T> = if wants("ggn_block16") || wants("ggn_block16_cached") {
+        (0..16 * d).map(|_| T::of(rng.normal())).collect()
+    } else {
+        Vec::new()
+    };
     let cached_ggn = CurvatureOperator::new(&p, Curvature::Ggn, all.clone(), 0).with_cache(usize::MAX);
     let cached_hess = CurvatureOperator::new(&p, Curvature::Hessian, all.clone(), 0).with_cache(usize::MAX);
     type Op<'a> = Box<dyn FnMut() + 'a>;
-    let wants = |op: &str| only.is_none_or(|o| o.iter().any(|x| x == op));
+    // matvecs and top eigenvalues of the last `eigs10` run, reported with its row
+    let eig_info: std::cell::RefCell<Option<(usize, Vec<f64>)>> = std::cell::RefCell::new(None);
     let kfac_opts = curvops::kfac::KfacOptions::default();
-    let kfac = (wants("kfac_build") || wants("kfac_matvec"))
-        .then(|| curvops::kfac::Kfac::fit(&p, &all, &kfac_opts).ok())
-        .flatten();
+    // KFAC over every parameter it covers: a tensor it cannot (a dense block over
+    // `kfac::DENSE_MAX` entries, e.g. P5's learned positions) is left out and named in the row
+    let mut kfac_active = all.clone();
+    let mut kfac_excluded: Vec<String> = Vec::new();
+    let kfac = (wants("kfac_build") || wants("kfac_matvec")).then(|| loop {
+        let r = curvops::kfac::Kfac::fit(&p, &kfac_active, &kfac_opts);
+        let Err(curvops::kfac::KfacError::Parameter { param, .. }) = &r else { break r };
+        let mask: Vec<bool> = p
+            .net
+            .layout
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| kfac_active.sub_offset[i].is_some() && &e.name != param)
+            .collect();
+        let rest = ActiveSet::from_mask(&p.net.layout, &mask);
+        if rest.dim == 0 || rest.dim == kfac_active.dim {
+            break r;
+        }
+        kfac_excluded.push(param.clone());
+        kfac_active = rest;
+    });
+    // why KFAC is not measured on this problem (printed as a row of its own)
+    let kfac_skipped = match &kfac {
+        Some(Err(e)) => Some(e.to_string()),
+        _ => None,
+    };
+    let kfac = kfac.and_then(Result::ok);
+    let kfac_d = kfac_active.dim;
     let mut ops: Vec<(&str, Op)> = vec![
         (
             "gradient",
@@ -189,15 +230,41 @@ fn bench_one<T: Float>(dir: &Path, reps: usize, threads: usize, json: bool, only
         ops.push((
             "kfac_build",
             Box::new(|| {
-                std::hint::black_box(curvops::kfac::Kfac::fit(&p, &all, &kfac_opts).expect("fitted before"));
+                std::hint::black_box(curvops::kfac::Kfac::fit(&p, &kfac_active, &kfac_opts).expect("fitted before"));
             }),
         ));
         ops.push((
             "kfac_matvec",
             Box::new(|| {
-                std::hint::black_box(curvops::LinearOperator::apply_vec(k, &v1));
+                std::hint::black_box(curvops::LinearOperator::apply_vec(k, &v1).expect("kfac matvec"));
             }),
         ));
+    }
+    // top-10 GGN eigenvalues (Lanczos, tol 1e-4, as `curvops eigs ggn --k 10 --tol 1e-4`)
+    if wants("eigs10") {
+        ops.push((
+            "eigs10",
+            Box::new(|| {
+                let op = CurvatureOperator::new(&p, Curvature::Ggn, all.clone(), 0).with_cache(1 << 30);
+                let o = EigshOptions { tol: 1e-4, ..Default::default() };
+                if let Ok(r) = eigsh(&op, 10, Which::Largest, &o) {
+                    let top: Vec<f64> = r.values.iter().take(3).map(|v| v.as_f64()).collect();
+                    *eig_info.borrow_mut() = Some((r.matvecs, top));
+                }
+            }),
+        ));
+    }
+    if let Some(why) = &kfac_skipped {
+        let first = why.lines().next().unwrap_or("");
+        if json {
+            println!(
+                "{}",
+                json!({"problem": name, "op": "kfac_build", "ms": null, "skipped": first, "dtype": T::DTYPE,
+                       "threads": threads, "D": d, "N": p.data.n})
+            );
+        } else {
+            println!("{:<8} {:<20} {:>5} {:>3} not measured: {first}", name, "kfac_build", T::DTYPE, threads);
+        }
     }
     let bar = Progress::new(ops.len(), &format!("bench {name} {} t={threads}", T::DTYPE));
     let mut grad_ms = f64::NAN;
@@ -206,13 +273,19 @@ fn bench_one<T: Float>(dir: &Path, reps: usize, threads: usize, json: bool, only
         if op != "gradient" && only.is_some_and(|o| !o.iter().any(|x| x == op)) {
             continue;
         }
-        // two warm-up runs (one-time allocations, e.g. GEMM workspaces, are not counted)
-        f();
-        f();
+        // two warm-up runs (one-time allocations, e.g. GEMM workspaces, are not counted); the
+        // eigensolver (hundreds of products per run) runs at most 3 times, without warm-up
+        let op_reps = if op == "eigs10" {
+            reps.min(3)
+        } else {
+            f();
+            f();
+            reps
+        };
         let reset = reset_peak_rss();
         crate::alloc::reset_peak();
         let heap0 = crate::alloc::live();
-        let ms = median_ms(reps, &mut f);
+        let ms = median_ms(op_reps, &mut f);
         let rss = if reset { peak_rss_mb() } else { None };
         let heap_mb = (crate::alloc::peak() - heap0) as f64 / (1 << 20) as f64;
         if op == "gradient" {
@@ -220,13 +293,21 @@ fn bench_one<T: Float>(dir: &Path, reps: usize, threads: usize, json: bool, only
         }
         let ratio = ms / grad_ms;
         if json {
-            println!(
-                "{}",
-                json!({"problem": name, "op": op, "ms": (ms * 1e4).round() / 1e4, "ratio_to_gradient": (ratio * 1e3).round() / 1e3,
-                       "peak_rss_mb": rss.map(|r| (r * 10.0).round() / 10.0),
-                       "peak_heap_mb": (heap_mb * 10.0).round() / 10.0, "dtype": T::DTYPE, "threads": threads,
-                       "D": d, "N": p.data.n, "reps": reps})
-            );
+            let mut row = json!({"problem": name, "op": op, "ms": (ms * 1e4).round() / 1e4, "ratio_to_gradient": (ratio * 1e3).round() / 1e3,
+                   "peak_rss_mb": rss.map(|r| (r * 10.0).round() / 10.0),
+                   "peak_heap_mb": (heap_mb * 10.0).round() / 10.0, "dtype": T::DTYPE, "threads": threads,
+                   "D": d, "N": p.data.n, "reps": op_reps});
+            if op == "kfac_build" || op == "kfac_matvec" {
+                row["D_kfac"] = json!(kfac_d);
+                row["kfac_excluded"] = json!(kfac_excluded);
+            }
+            if op == "eigs10" {
+                if let Some((mv, top)) = eig_info.borrow().as_ref() {
+                    row["matvecs"] = json!(mv);
+                    row["top3"] = json!(top);
+                }
+            }
+            println!("{row}");
         } else {
             println!(
                 "{:<8} {:<20} {:>5} {:>3} {:>11.4} {:>9.3} {:>9} {:>9.1}",

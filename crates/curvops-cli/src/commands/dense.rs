@@ -43,7 +43,7 @@ pub fn run<T: Float>(
         }
         _ => {
             let op = super::make_operator(curv, p, active, bs, c)?;
-            (vec![op.nrows(), op.ncols()], dense_of(op.as_ref()))
+            (vec![op.nrows(), op.ncols()], dense_of(op.as_ref()).map_err(|e| format!("dense: {e}"))?)
         }
     };
     write_npy(out, &shape, &m).map_err(|e| e.to_string())?;

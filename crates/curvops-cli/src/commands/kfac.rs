@@ -1,4 +1,6 @@
-//! KFAC / EKFAC operators for the CLI (`CURV` = `kfac` | `ekfac`; SPEC.md §3), the KFAC
+//! KFAC / EKFAC operators for the CLI (`CURV` = `kfac` | `ekfac`; SPEC.md §3; chains and graph
+//! models alike: maps get Kronecker blocks, tied tensors the sum of their uses' blocks, other
+//! parameters their exact curvature block, see docs/kfac.md), the KFAC
 //! preconditioner of `solve --precond kfac`, and `curvops kfac-fit` (fit once, save the factors,
 //! reuse them with `--kfac-factors`).
 //!
@@ -13,11 +15,10 @@ use crate::common::CliResult;
 use crate::obj;
 use crate::output::emit;
 use curvops::kfac::io::{load_factors, save_ekfac, save_kfac, LoadedFactors};
-use curvops::kfac::{DampingMode, Ekfac, FisherType, Kfac, KfacApprox, KfacOptions};
+use curvops::kfac::{DampedKfac, DampingMode, Ekfac, FisherType, Kfac, KfacApprox, KfacOptions};
+use curvops::registry::{OperatorKind, OperatorSpec, RegistryError};
 use curvops::{ActiveSet, LinearOperator, Problem};
-use curvops_linalg::{Eigh, LinalgError, Structure};
 use curvops_tensor::Float;
-use faer::{MatMut, MatRef};
 use std::path::PathBuf;
 
 /// The fit options of the flags.
@@ -57,7 +58,7 @@ pub fn kfac_of<T: Float>(p: &Problem<T>, active: &ActiveSet, bs: usize, c: &Comm
             LoadedFactors::Kfac(k) => Ok(k),
             LoadedFactors::Ekfac(e) => Ok(Kfac::new(e.factors().clone())),
         },
-        None => Kfac::fit(p, active, &options(c, bs)?).map_err(|e| format!("kfac: {e}")),
+        None => Kfac::fit(p, active, &options(c, bs)?).map_err(|e| fit_error("kfac", e)),
     }
 }
 
@@ -71,49 +72,7 @@ pub fn ekfac_of<T: Float>(p: &Problem<T>, active: &ActiveSet, bs: usize, c: &Com
                 path.display()
             )),
         },
-        None => Ekfac::fit(p, active, &options(c, bs)?).map_err(|e| format!("ekfac: {e}")),
-    }
-}
-
-/// KFAC whose `A + λI` in `solve` / `logdet` follows `--kfac-damping` (`same` / `pi`: the
-/// factor-damped approximation; `exact`: KFAC's own exact operations).
-struct FactorDamped<T: Float> {
-    k: Kfac<T>,
-    mode: DampingMode,
-}
-
-impl<T: Float> LinearOperator<T> for FactorDamped<T> {
-    fn nrows(&self) -> usize {
-        self.k.nrows()
-    }
-    fn ncols(&self) -> usize {
-        self.k.ncols()
-    }
-    fn structure(&self) -> Structure {
-        self.k.structure()
-    }
-    fn describe(&self) -> String {
-        format!("{} [{} damping]", self.k.describe(), self.mode.name())
-    }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
-        self.k.apply(out, rhs)
-    }
-    fn trace(&self) -> Result<T, LinalgError> {
-        self.k.trace()
-    }
-    fn diagonal(&self) -> Result<Vec<T>, LinalgError> {
-        self.k.diagonal()
-    }
-    fn logdet_shifted(&self, shift: T) -> Result<T, LinalgError> {
-        self.k.logdet_damped(shift.as_f64(), self.mode)
-    }
-    fn solve_shifted(&self, shift: T, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
-        let inv = self.k.inverse(shift.as_f64(), self.mode).map_err(|e| LinalgError::Other(e.to_string()))?;
-        inv.apply(out, rhs);
-        Ok(())
-    }
-    fn eigh(&self) -> Result<Eigh<T>, LinalgError> {
-        self.k.eigh()
+        None => Ekfac::fit(p, active, &options(c, bs)?).map_err(|e| fit_error("ekfac", e)),
     }
 }
 
@@ -130,19 +89,31 @@ pub fn make_operator<'a, T: Float>(
         return Err("--blocks: KFAC and EKFAC are block diagonal already".into());
     }
     let mode = damping_mode(c);
-    match curv {
-        Curv::Kfac => {
-            let k = kfac_of(p, &active, bs, c)?;
-            Ok(if mode == DampingMode::Exact { Box::new(k) } else { Box::new(FactorDamped { k, mode }) })
-        }
-        Curv::Ekfac => {
-            if mode != DampingMode::Exact {
-                return Err(format!("--kfac-damping {}: EKFAC supports exact damping only", mode.name()));
-            }
-            Ok(Box::new(ekfac_of(p, &active, bs, c)?))
-        }
-        other => Err(format!("{other:?} is not a Kronecker-factored operator").to_lowercase()),
+    if curv == Curv::Ekfac && mode != DampingMode::Exact {
+        return Err(format!("--kfac-damping {}: EKFAC supports exact damping only", mode.name()));
     }
+    if c.kfac_factors.is_some() {
+        // factors from a file: wrapped here, not fitted
+        return match curv {
+            Curv::Kfac => {
+                let k = kfac_of(p, &active, bs, c)?;
+                Ok(if mode == DampingMode::Exact { Box::new(k) } else { Box::new(DampedKfac::new(k, mode)) })
+            }
+            Curv::Ekfac => Ok(Box::new(ekfac_of(p, &active, bs, c)?)),
+            other => Err(format!("{other:?} is not a Kronecker-factored operator").to_lowercase()),
+        };
+    }
+    let options = options(c, bs)?;
+    let (kind, what) = match curv {
+        Curv::Kfac => (OperatorKind::Kfac { options, damping: mode }, "kfac"),
+        Curv::Ekfac => (OperatorKind::Ekfac { options }, "ekfac"),
+        other => return Err(format!("{other:?} is not a Kronecker-factored operator").to_lowercase()),
+    };
+    let spec = OperatorSpec { batch_size: bs, ..OperatorSpec::new(kind) };
+    curvops::registry::build_active(p, &spec, active).map_err(|e| match e {
+        RegistryError::Kfac(e) => fit_error(what, e),
+        e => format!("{what}: {e}"),
+    })
 }
 
 /// `(KFAC + λ)⁻¹` (`--kfac-damping` mode) as a preconditioner for CG.
@@ -173,8 +144,10 @@ pub struct FitArgs {
     pub kind: FitKind,
     #[command(flatten)]
     pub common: Common,
-    /// Output (safetensors; keys `{layer}.A`, `{layer}.B`, and for EKFAC `{layer}.Q_A`,
-    /// `{layer}.Q_B`, `{layer}.E_weight|E_bias|E_joint`; see README).
+    /// Output (safetensors; keys `{block}.A`, `{block}.B` per map (`{block}` = the node's name,
+    /// with `.in_proj`/`.out_proj` for attention), `{tensor}.B` per dense block,
+    /// `{tensor}.use{u}.A|B` per use of a tied tensor, and for EKFAC `{block}.Q_A`, `{block}.Q_B`,
+    /// `{block}.E_weight|E_bias|E_joint`, `{tensor}.Q`, `{tensor}.E`; see docs/kfac.md).
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -191,13 +164,15 @@ pub fn fit<T: Float>(a: &FitArgs, p: &Problem<T>, active: ActiveSet, bs: usize) 
             let k = kfac_of(p, &active, bs, c)?;
             let secs = t.elapsed().as_secs_f64();
             save_kfac(&a.out, &k).map_err(|e| e.to_string())?;
-            (k.trace().map_err(|e| e.to_string())?.as_f64(), k.factors().layers.len(), (k.factors().options, secs))
+            let f = k.factors();
+            (k.trace().map_err(|e| e.to_string())?.as_f64(), f.layers.len() + f.tied.len(), (f.options, secs))
         }
         FitKind::Ekfac => {
             let e = ekfac_of(p, &active, bs, c)?;
             let secs = t.elapsed().as_secs_f64();
             save_ekfac(&a.out, &e).map_err(|e| e.to_string())?;
-            (e.trace().map_err(|e| e.to_string())?.as_f64(), e.factors().layers.len(), (e.factors().options, secs))
+            let f = e.factors();
+            (e.trace().map_err(|e| e.to_string())?.as_f64(), f.layers.len() + f.tied.len(), (f.options, secs))
         }
     };
     let (opts, secs) = o;
@@ -208,4 +183,12 @@ pub fn fit<T: Float>(a: &FitArgs, p: &Problem<T>, active: ActiveSet, bs: usize) 
         "joint_bias" => opts.joint_bias, "trace" => trace, "fit_seconds" => secs},
     );
     Ok(())
+}
+
+/// A fit error as one line; a parameter KFAC cannot cover gets the flag that leaves it out.
+fn fit_error(what: &str, e: curvops::kfac::KfacError) -> String {
+    match e {
+        curvops::kfac::KfacError::Parameter { .. } => format!("{what}: {e} (restrict the operator with --params)"),
+        e => format!("{what}: {e}"),
+    }
 }

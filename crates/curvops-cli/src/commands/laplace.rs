@@ -7,10 +7,11 @@ use crate::commands::train::{load_problem_spec, DataFlags};
 use crate::common::{self, CliResult, Progress};
 use crate::obj;
 use crate::output::emit;
-use curvops::laplace::marglik::{gridsearch, logspace, optimize_marglik, MarglikOptions, PriorStructure};
-use curvops::laplace::predictive::map_predict;
+use curvops::laplace::marglik::{logspace, PriorStructure};
+use curvops::laplace::predictive::{classes_of, map_predict};
 use curvops::laplace::{
-    self, io as lio, HessianStructure, LaplaceFit, LaplaceOptions, Likelihood, Link, Posterior, PriorPrecision,
+    self, io as lio, select_prior, HessianStructure, LaplaceFit, LaplaceOptions, Likelihood, Link, Posterior,
+    PredictiveMetrics, PriorChoice, PriorPrecision, PriorSelection,
 };
 use curvops::{metrics, ActiveSet, Curvature, Problem};
 use curvops_nn::data_formats::load_dataset;
@@ -252,14 +253,11 @@ fn curvature_of(f: &FitFlags, c: &Common) -> CliResult<Curvature> {
 /// The posterior's tensors: --params, else --subset.
 fn active_of<T: Float>(f: &FitFlags, c: &Common, net: &Network<T>) -> CliResult<(ActiveSet, &'static str)> {
     if let Some(names) = &c.params {
-        return Ok((ActiveSet::from_names(&net.layout, names).map_err(|e| e.to_string())?, "params"));
+        return Ok((ActiveSet::from_names(&net.layout, names).map_err(|e| format!("--params: {e}"))?, "params"));
     }
     Ok(match f.subset {
         SubsetArg::All => (ActiveSet::all(&net.layout), "all"),
-        SubsetArg::LastLayer => {
-            let last = net.layers.iter().rposition(|l| l.num_params() > 0).ok_or("the model has no parameters")?;
-            (ActiveSet::from_names(&net.layout, &[last.to_string()]).map_err(|e| e.to_string())?, "last-layer")
-        }
+        SubsetArg::LastLayer => (laplace::last_layer(net).ok_or("the model has no parameters")?, "last-layer"),
     })
 }
 
@@ -309,42 +307,32 @@ fn do_fit<T: Float>(p: &Problem<T>, f: &FitFlags, c: &Common, flags: &DataFlags)
     drop(bar);
     let seconds_fit = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let mut grid = None;
-    let (prior, sigma, how) = if let Some(v) = &f.prior_precision {
-        let prior = if v.len() == 1 { PriorPrecision::Scalar(v[0]) } else { PriorPrecision::Layerwise(v.clone()) };
-        (prior, f.sigma.unwrap_or(1.0), "fixed")
+    let val;
+    let how = if let Some(v) = &f.prior_precision {
+        PriorSelection::Fixed(if v.len() == 1 {
+            PriorPrecision::Scalar(v[0])
+        } else {
+            PriorPrecision::Layerwise(v.clone())
+        })
     } else {
         match f.prior {
-            PriorArg::Marglik => {
-                let mo = MarglikOptions {
-                    prior_structure: match f.prior_structure {
-                        PriorStructureArg::Scalar => PriorStructure::Scalar,
-                        PriorStructureArg::Layerwise => PriorStructure::Layerwise,
-                    },
-                    optimize_sigma: lik == Likelihood::Regression && f.sigma.is_none(),
-                    sigma: f.sigma.unwrap_or(1.0),
-                    temperature: f.temperature,
-                    ..Default::default()
-                };
-                let r = optimize_marglik(&fit, &mo).map_err(|e| e.to_string())?;
-                (r.prior, r.sigma, "marglik")
-            }
+            PriorArg::Marglik => PriorSelection::Marglik(match f.prior_structure {
+                PriorStructureArg::Scalar => PriorStructure::Scalar,
+                PriorStructureArg::Layerwise => PriorStructure::Layerwise,
+            }),
             PriorArg::Gridsearch => {
                 let vd = f.val_data.as_deref().ok_or("--prior gridsearch needs --val-data")?;
-                let val = load_dataset(&p.net, vd, &flags.options(true)).map_err(|e| e.to_string())?;
+                val = load_dataset(&p.net, vd, &flags.options(true)).map_err(|e| e.to_string())?;
                 let g = &f.grid;
                 if g.len() != 3 || g[2] < 1.0 {
                     return Err("--grid takes LO,HI,COUNT (log10 bounds)".into());
                 }
-                let values = logspace(g[0], g[1], g[2] as usize);
-                let sigma = f.sigma.unwrap_or(1.0);
-                let (best, all) =
-                    gridsearch(&fit, &p.net, &val, &values, sigma, f.temperature).map_err(|e| e.to_string())?;
-                grid = Some(all);
-                (PriorPrecision::Scalar(best), sigma, "gridsearch")
+                PriorSelection::Gridsearch { val: &val, grid: logspace(g[0], g[1], g[2] as usize) }
             }
         }
     };
+    let PriorChoice { prior, sigma, method: how, grid } =
+        select_prior(&fit, &p.net, &how, f.sigma, f.temperature).map_err(|e| e.to_string())?;
     Ok(Fitted { fit, prior, sigma, how, subset, seconds_fit, seconds_prior: t1.elapsed().as_secs_f64(), grid })
 }
 
@@ -416,32 +404,9 @@ fn predict<T: Float>(
     }
 }
 
-/// Metrics of a predictive on a data set: classification accuracy/NLL/ECE/Brier, regression
-/// MSE and Gaussian NLL.
+/// Metrics of a predictive on a data set ([`PredictiveMetrics`]) as JSON.
 fn metric_obj<T: Float>(d: &Dataset<T>, lik: Likelihood, mean: &[f64], var: &[f64], c: usize, bins: usize) -> Value {
-    match (labels(d), lik) {
-        (Some(y), Likelihood::Classification) => json!({
-            "accuracy": metrics::accuracy(mean, c, y),
-            "nll": metrics::nll(mean, c, y),
-            "ece": metrics::ece(mean, c, y, bins),
-            "brier": metrics::brier(mean, c, y),
-            "confidence": metrics::max_prob(mean, c).iter().sum::<f64>() / y.len() as f64,
-        }),
-        (None, Likelihood::Regression) => {
-            let Targets::Dense(t) = &d.y else { unreachable!() };
-            let n = t.len() as f64;
-            let mse = t.iter().zip(mean).map(|(y, m)| (y.as_f64() - m).powi(2)).sum::<f64>() / n;
-            let nll = t
-                .iter()
-                .zip(mean)
-                .zip(var)
-                .map(|((y, m), v)| 0.5 * ((2.0 * std::f64::consts::PI * v).ln() + (y.as_f64() - m).powi(2) / v))
-                .sum::<f64>()
-                / n;
-            json!({"mse": mse, "nll": nll})
-        }
-        _ => json!({}),
-    }
+    PredictiveMetrics::of(d, lik, mean, var, c, bins).to_json()
 }
 
 fn predict_cmd<T: Float>(a: &PredictArgs) -> CliResult<()> {
@@ -462,6 +427,8 @@ fn predict_cmd<T: Float>(a: &PredictArgs) -> CliResult<()> {
         Posterior::new(&saved.fit, saved.prior.clone(), saved.sigma, saved.temperature).map_err(|e| e.to_string())?;
     let lik = saved.fit.likelihood;
     let cdim = net.out_size();
+    // metrics per softmax: per position for sequence outputs
+    let classes = classes_of(&net);
     let (mean, var) = predict(&post, &net, &test.x, test.n, &a.predict, c.seed);
     if let Some(out) = &a.out {
         curvops_nn::io::write_npy(out, &[test.n, cdim], &mean).map_err(|e| e.to_string())?;
@@ -476,11 +443,11 @@ fn predict_cmd<T: Float>(a: &PredictArgs) -> CliResult<()> {
         "N" => test.n,
         "structure" => saved.fit.structure.name(),
         "prior_precision" => saved.prior.to_json(),
-        "laplace" => metric_obj(&test, lik, &mean, &var, cdim, a.predict.bins),
+        "laplace" => metric_obj(&test, lik, &mean, &var, classes, a.predict.bins),
     };
     let map = map_predict(&net, &theta, &test.x, test.n, lik);
     let s2 = saved.sigma * saved.sigma;
-    o.insert("map".into(), metric_obj(&test, lik, &map, &vec![s2; map.len()], cdim, a.predict.bins));
+    o.insert("map".into(), metric_obj(&test, lik, &map, &vec![s2; map.len()], classes, a.predict.bins));
     emit(c.json, o);
     Ok(())
 }
@@ -492,7 +459,8 @@ fn evaluate_cmd<T: Float>(a: &EvaluateArgs) -> CliResult<()> {
     let f = do_fit(&p, &a.fit, c, &a.data_flags)?;
     let post = Posterior::new(&f.fit, f.prior.clone(), f.sigma, a.fit.temperature).map_err(|e| e.to_string())?;
     let lik = f.fit.likelihood;
-    let cdim = p.net.out_size();
+    // metrics per softmax: per position for sequence outputs
+    let cdim = classes_of(&p.net);
     let t2 = Instant::now();
     let (mean, var) = predict(&post, &p.net, &test.x, test.n, &a.predict, c.seed);
     let seconds_predict = t2.elapsed().as_secs_f64();

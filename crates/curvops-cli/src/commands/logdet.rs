@@ -38,7 +38,7 @@ pub fn run<T: Float>(a: &Args, p: &Problem<T>, active: ActiveSet, bs: usize) -> 
         Ok(v) => (v.as_f64(), "exact (structured)", None),
         Err(LinalgError::Unsupported { .. }) if op.nrows() <= a.dense_max => {
             let pop = ProgressOp::new(op.as_ref(), "logdet");
-            let mut dense = DenseOp::from_operator(&pop);
+            let mut dense = DenseOp::from_operator(&pop).map_err(|e| format!("logdet: {e}"))?;
             // symmetrize against rounding; keep the operator's tags (PSD → Cholesky)
             let s = op.structure();
             let n = dense.mat.nrows();

@@ -36,7 +36,7 @@ pub fn run<T: Float>(
     };
     let rhs = MatRef::from_row_major_slice(&v, n_in, k);
     let mut res = Mat::<T>::zeros(op.nrows(), k);
-    op.apply(res.as_mut(), rhs);
+    op.apply(res.as_mut(), rhs).map_err(|e| format!("matvec: {e}"))?;
     let rows = op.nrows();
     let mut flat = Vec::with_capacity(rows * k);
     for i in 0..rows {

@@ -5,6 +5,7 @@ use crate::args::{Common, Dtype};
 use crate::common::{self, CliResult, Progress};
 use crate::obj;
 use crate::output::emit;
+use curvops::laplace::predictive::classes_of;
 use curvops::metrics;
 use curvops::optim::{self, OptimizerKind, TrainOptions};
 use curvops::Problem;
@@ -127,20 +128,24 @@ pub fn load_problem_spec<T: Float>(c: &Common, flags: &DataFlags) -> CliResult<P
     Ok(Problem { net, theta, data })
 }
 
-/// The loss `L` on a data set and the accuracy for class labels (NaN otherwise).
+/// The loss `L` on a data set and the accuracy for class labels (NaN otherwise; per token for
+/// sequence outputs).
 pub fn loss_and_accuracy<T: Float>(net: &Network<T>, theta: &[T], d: &Dataset<T>) -> (f64, f64) {
     let c = net.out_size();
+    let v = classes_of(net);
     let mut loss = 0.0;
     let mut hits = 0usize;
+    let mut labels = 0usize;
     for b in d.batches(1024) {
         let f = net.predict(theta, b.x, b.n);
         loss += net.loss.values(&f, b.y, b.n, c).iter().map(|v| v.as_f64()).sum::<f64>();
         if let curvops_nn::TargetsRef::Classes(y) = b.y {
             let fd: Vec<f64> = f.iter().map(|v| v.as_f64()).collect();
-            hits += (0..b.n).filter(|&s| metrics::argmax(&fd[s * c..(s + 1) * c]) == y[s]).count();
+            hits += y.iter().enumerate().filter(|&(r, &yy)| metrics::argmax(&fd[r * v..(r + 1) * v]) == yy).count();
+            labels += y.len();
         }
     }
-    let acc = if matches!(d.y, Targets::Classes(_)) { hits as f64 / d.n as f64 } else { f64::NAN };
+    let acc = if matches!(d.y, Targets::Classes(_)) { hits as f64 / labels.max(1) as f64 } else { f64::NAN };
     (net.loss.factor(d.n, c) * loss, acc)
 }
 
@@ -171,11 +176,11 @@ fn run_typed<T: Float>(a: &Args, c: &Common) -> CliResult<()> {
     };
     let (_, weights, _) = common::problem_paths(c)?;
     let bs = common::batch_size(c)?;
-    if p.net.layers.iter().any(|l| l.kind().starts_with("batchnorm")) {
-        eprintln!("warning: batch norm is trained in evaluation mode (running statistics kept fixed)");
-    }
-    if p.net.layers.iter().any(|l| l.kind() == "dropout") {
-        eprintln!("warning: dropout is the identity during training (evaluation mode)");
+    let mut notes: Vec<&str> = p.net.layers.iter().filter_map(|l| l.training_note()).collect();
+    notes.sort_unstable();
+    notes.dedup();
+    for note in notes {
+        eprintln!("warning: {note}");
     }
     let (n, cout) = (p.data.n, p.net.out_size());
     let weight_decay = match (a.weight_decay, a.prior_precision) {

@@ -90,7 +90,7 @@ fn mc_given() -> bool {
     std::env::args().any(|a| a == "--mc-samples" || a.starts_with("--mc-samples="))
 }
 
-fn options(a: &Args, bs: usize) -> CliResult<VivitOptions> {
+fn options(a: &Args, bs: usize, p_n: usize) -> CliResult<VivitOptions> {
     let c = &a.common;
     let factor = if mc_given() {
         if c.mc_samples == 0 {
@@ -123,6 +123,11 @@ fn options(a: &Args, bs: usize) -> CliResult<VivitOptions> {
         SpectrumArg::All => Spectrum::All,
         SpectrumArg::Top => Spectrum::Top,
     };
+    if let Some(m) = a.subsample {
+        if m == 0 || m > p_n {
+            return Err(format!("--subsample must be in 1..={p_n}, got {m}"));
+        }
+    }
     Ok(VivitOptions {
         factor,
         subsample: a.subsample.map(|m| (m, c.seed)),
@@ -135,7 +140,7 @@ fn options(a: &Args, bs: usize) -> CliResult<VivitOptions> {
 }
 
 pub fn run<T: Float>(a: &Args, p: &Problem<T>, active: ActiveSet, bs: usize) -> CliResult<()> {
-    let opts = options(a, bs)?;
+    let opts = options(a, bs, p.data.n)?;
     if let Some(gb) = a.memory_budget_gb {
         return critical(a, p, &active, &opts, gb);
     }

@@ -83,11 +83,12 @@ impl<T: Float, O: LinearOperator<T>> LinearOperator<T> for BlockDiagOp<O> {
         let more = if self.blocks.len() > 4 { format!(", … ({} blocks)", self.blocks.len()) } else { String::new() };
         format!("blockdiag[{}{}]", inner.join(", "), more)
     }
-    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         for (i, b) in self.blocks.iter().enumerate() {
             let (r0, c0) = (self.row_off[i], self.col_off[i]);
-            b.apply(out.as_mut().subrows_mut(r0, b.nrows()), rhs.subrows(c0, b.ncols()));
+            b.apply(out.as_mut().subrows_mut(r0, b.nrows()), rhs.subrows(c0, b.ncols()))?;
         }
+        Ok(())
     }
     fn has_transpose(&self) -> bool {
         self.blocks.iter().all(|b| b.has_transpose())

@@ -61,18 +61,17 @@ impl<T: Float, A: LinearOperator<T>, B: LinearOperator<T>> LinearOperator<T> for
     fn describe(&self) -> String {
         format!("({})·({})", self.a.describe(), self.b.describe())
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         let mut tmp = Mat::<T>::zeros(self.b.nrows(), rhs.ncols());
-        self.b.apply(tmp.as_mut(), rhs);
-        self.a.apply(out, tmp.as_ref());
+        self.b.apply(tmp.as_mut(), rhs)?;
+        self.a.apply(out, tmp.as_ref())
     }
     fn has_transpose(&self) -> bool {
         self.structure.symmetric || (self.a.has_transpose() && self.b.has_transpose())
     }
     fn apply_transpose(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         if self.structure.symmetric {
-            self.apply(out, rhs);
-            return Ok(());
+            return self.apply(out, rhs);
         }
         // (AB)ᵀ = Bᵀ Aᵀ
         let mut tmp = Mat::<T>::zeros(self.a.ncols(), rhs.ncols());

@@ -54,9 +54,10 @@ impl<T: Float, A: LinearOperator<T>> LinearOperator<T> for DampedOp<T, A> {
     fn describe(&self) -> String {
         format!("({}) + {}·I", self.op.describe(), self.lambda)
     }
-    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
-        self.op.apply(out.as_mut(), rhs);
+    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        self.op.apply(out.as_mut(), rhs)?;
         self.add(out, rhs);
+        Ok(())
     }
     fn has_transpose(&self) -> bool {
         self.op.has_transpose()

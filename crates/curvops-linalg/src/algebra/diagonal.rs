@@ -42,12 +42,13 @@ impl<T: Float> LinearOperator<T> for DiagonalOp<T> {
     fn describe(&self) -> String {
         format!("diagonal {}", self.d.len())
     }
-    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         for j in 0..rhs.ncols() {
             for (i, &di) in self.d.iter().enumerate() {
                 out[(i, j)] = di * rhs[(i, j)];
             }
         }
+        Ok(())
     }
     fn trace(&self) -> Result<T, LinalgError> {
         Ok(self.d.iter().copied().sum())

@@ -34,8 +34,9 @@ impl<T: Float> LinearOperator<T> for IdentityOp {
     fn describe(&self) -> String {
         format!("identity {}", self.n)
     }
-    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         out.copy_from(rhs);
+        Ok(())
     }
     fn trace(&self) -> Result<T, LinalgError> {
         Ok(T::of(self.n as f64))

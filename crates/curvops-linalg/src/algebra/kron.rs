@@ -127,17 +127,11 @@ impl<T: Float, A: LinearOperator<T>, B: LinearOperator<T>> LinearOperator<T> for
     fn describe(&self) -> String {
         format!("({}) ⊗ ({})", self.a.describe(), self.b.describe())
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         let (da, db) = self.dims();
-        let fa = |o: MatMut<'_, T>, r: MatRef<'_, T>| {
-            self.a.apply(o, r);
-            Ok(())
-        };
-        let fb = |o: MatMut<'_, T>, r: MatRef<'_, T>| {
-            self.b.apply(o, r);
-            Ok(())
-        };
-        kron_apply(da, db, &fa, &fb, out, rhs).expect("infallible");
+        let fa = |o: MatMut<'_, T>, r: MatRef<'_, T>| self.a.apply(o, r);
+        let fb = |o: MatMut<'_, T>, r: MatRef<'_, T>| self.b.apply(o, r);
+        kron_apply(da, db, &fa, &fb, out, rhs)
     }
     fn has_transpose(&self) -> bool {
         self.a.has_transpose() && self.b.has_transpose()

@@ -95,7 +95,7 @@ impl<T: Float> LinearOperator<T> for LowRankOp<T> {
     fn describe(&self) -> String {
         format!("low rank {} (n = {})", self.u.ncols(), self.u.nrows())
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         let mut c = mul(self.u.transpose(), rhs);
         for j in 0..c.ncols() {
             for i in 0..c.nrows() {
@@ -103,6 +103,7 @@ impl<T: Float> LinearOperator<T> for LowRankOp<T> {
             }
         }
         matmul(out, Accum::Replace, self.u.as_ref(), c.as_ref(), T::one(), threads::par());
+        Ok(())
     }
     fn trace(&self) -> Result<T, LinalgError> {
         let mut t = 0.0f64;

@@ -55,8 +55,8 @@ impl<A> BlockRestrictOp<A> {
     }
 
     /// The dense blocks `A[I_b, I_b]` (block `b` costs `|I_b|` matvecs), as a block-diagonal
-    /// operator with `A`'s structure tags.
-    pub fn to_dense_blocks<T: Float>(&self) -> BlockDiagOp<DenseOp<T>>
+    /// operator with `A`'s structure tags. Errors when an application of `A` fails.
+    pub fn to_dense_blocks<T: Float>(&self) -> Result<BlockDiagOp<DenseOp<T>>, LinalgError>
     where
         A: LinearOperator<T>,
     {
@@ -71,11 +71,11 @@ impl<A> BlockRestrictOp<A> {
                     e[(r.start + j, j)] = T::one();
                 }
                 let mut y = Mat::<T>::zeros(n, nb);
-                self.op.apply(y.as_mut(), e.as_ref());
-                DenseOp::with_structure(y.as_ref().subrows(r.start, nb).to_owned(), s)
+                self.op.apply(y.as_mut(), e.as_ref())?;
+                Ok(DenseOp::with_structure(y.as_ref().subrows(r.start, nb).to_owned(), s))
             })
-            .collect();
-        BlockDiagOp::new(blocks)
+            .collect::<Result<_, LinalgError>>()?;
+        Ok(BlockDiagOp::new(blocks))
     }
 
     fn restricted_apply<T: Float>(
@@ -120,12 +120,8 @@ impl<T: Float, A: LinearOperator<T>> LinearOperator<T> for BlockRestrictOp<A> {
     fn describe(&self) -> String {
         format!("blocks({}; {} blocks)", self.op.describe(), self.num_blocks())
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
-        let f = |o: MatMut<'_, T>, r: MatRef<'_, T>| {
-            self.op.apply(o, r);
-            Ok(())
-        };
-        self.restricted_apply(f, out, rhs).expect("infallible");
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        self.restricted_apply(|o, r| self.op.apply(o, r), out, rhs)
     }
     fn has_transpose(&self) -> bool {
         self.op.has_transpose()

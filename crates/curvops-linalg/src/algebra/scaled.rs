@@ -52,9 +52,10 @@ impl<T: Float, A: LinearOperator<T>> LinearOperator<T> for ScaledOp<T, A> {
     fn describe(&self) -> String {
         format!("{}·({})", self.c, self.op.describe())
     }
-    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
-        self.op.apply(out.as_mut(), rhs);
+    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        self.op.apply(out.as_mut(), rhs)?;
         self.scale(out);
+        Ok(())
     }
     fn has_transpose(&self) -> bool {
         self.op.has_transpose()

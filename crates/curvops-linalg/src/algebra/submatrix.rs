@@ -96,13 +96,10 @@ impl<T: Float, A: LinearOperator<T>> LinearOperator<T> for SubmatrixOp<A> {
     fn describe(&self) -> String {
         format!("({})[{} rows, {} cols]", self.op.describe(), self.rows.len(), self.cols.len())
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         let dims = (self.op.nrows(), self.op.ncols());
-        let f = |o: MatMut<'_, T>, r: MatRef<'_, T>| {
-            self.op.apply(o, r);
-            Ok(())
-        };
-        select_apply(dims, &self.rows, &self.cols, f, out, rhs).expect("infallible");
+        let f = |o: MatMut<'_, T>, r: MatRef<'_, T>| self.op.apply(o, r);
+        select_apply(dims, &self.rows, &self.cols, f, out, rhs)
     }
     fn has_transpose(&self) -> bool {
         self.op.has_transpose()

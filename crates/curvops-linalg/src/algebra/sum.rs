@@ -63,11 +63,12 @@ impl<T: Float, A: LinearOperator<T>, B: LinearOperator<T>> LinearOperator<T> for
     fn describe(&self) -> String {
         format!("({}) + ({})", self.a.describe(), self.b.describe())
     }
-    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
-        self.a.apply(out.as_mut(), rhs);
+    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        self.a.apply(out.as_mut(), rhs)?;
         let mut tmp = Mat::<T>::zeros(self.nrows(), rhs.ncols());
-        self.b.apply(tmp.as_mut(), rhs);
+        self.b.apply(tmp.as_mut(), rhs)?;
         add_into(out, &tmp);
+        Ok(())
     }
     fn has_transpose(&self) -> bool {
         self.a.has_transpose() && self.b.has_transpose()

@@ -44,15 +44,14 @@ impl<T: Float, A: LinearOperator<T>> LinearOperator<T> for TransposeOp<A> {
     fn describe(&self) -> String {
         format!("({})ᵀ", self.op.describe())
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
-        self.op.apply_transpose(out, rhs).expect("TransposeOp: the operator lost its transpose")
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        self.op.apply_transpose(out, rhs)
     }
     fn has_transpose(&self) -> bool {
         true
     }
     fn apply_transpose(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
-        self.op.apply(out, rhs);
-        Ok(())
+        self.op.apply(out, rhs)
     }
     fn trace(&self) -> Result<T, LinalgError> {
         self.op.trace()

@@ -51,7 +51,7 @@ pub fn diag_hutchinson<T: Float, O: LinearOperator<T> + ?Sized>(
                 t[i] = o[i].as_f64() * yc[i].as_f64();
             }
         }
-    });
+    })?;
     let (mean, se) = mean_se_rows(&terms);
     Ok(DiagEstimate { values: mean.into_iter().map(T::of).collect(), std_err: se, matvecs: a.count() })
 }
@@ -132,7 +132,7 @@ pub fn diag_exact<T: Float, O: LinearOperator<T> + ?Sized>(
         for j in 0..b {
             e[(start + j, j)] = T::one();
         }
-        op.apply(y.as_mut().subcols_mut(0, b), e.as_ref().subcols(0, b));
+        op.apply(y.as_mut().subcols_mut(0, b), e.as_ref().subcols(0, b))?;
         for j in 0..b {
             values[start + j] = y[(start + j, j)];
         }

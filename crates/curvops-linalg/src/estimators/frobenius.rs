@@ -26,7 +26,7 @@ pub fn frobenius_sq<T: Float, O: LinearOperator<T> + ?Sized>(
         for c in 0..y.ncols() {
             terms.push((0..m).map(|i| y[(i, c)].as_f64().powi(2)).sum());
         }
-    });
+    })?;
     let (value, std_err) = mean_se(&terms);
     Ok(Estimate { value, std_err, matvecs: a.count() })
 }

@@ -25,7 +25,7 @@ pub use frobenius::frobenius_sq;
 pub use trace::{trace_exact, trace_hutchinson, trace_hutchpp, trace_xtrace};
 
 use crate::util::fill_probes;
-use crate::LinearOperator;
+use crate::{LinalgError, LinearOperator};
 use curvops_tensor::rng::Rng;
 use curvops_tensor::Float;
 use faer::Mat;
@@ -87,7 +87,7 @@ pub(crate) fn for_probe_blocks<T: Float, O: LinearOperator<T> + ?Sized>(
     rng: &mut Rng,
     opts: &EstimatorOptions,
     mut f: impl FnMut(&Mat<T>, &Mat<T>, usize),
-) {
+) -> Result<(), LinalgError> {
     let n = op.ncols();
     // at most 4 Mi entries per block, so that probe and image buffers stay small enough for the
     // allocator to reuse them (the probes themselves do not depend on the block size)
@@ -97,21 +97,26 @@ pub(crate) fn for_probe_blocks<T: Float, O: LinearOperator<T> + ?Sized>(
         let b = bs.min(count - start);
         let om = fill_probes::<T>(rng, n, b, opts.probe);
         let mut y = Mat::<T>::zeros(op.nrows(), b);
-        op.apply(y.as_mut(), om.as_ref());
+        op.apply(y.as_mut(), om.as_ref())?;
         f(&om, &y, start);
         start += b;
     }
+    Ok(())
 }
 
 /// Applies `op` to `x` in column blocks of `bs`.
-pub(crate) fn apply_blocked<T: Float, O: LinearOperator<T> + ?Sized>(op: &O, x: &Mat<T>, bs: usize) -> Mat<T> {
+pub(crate) fn apply_blocked<T: Float, O: LinearOperator<T> + ?Sized>(
+    op: &O,
+    x: &Mat<T>,
+    bs: usize,
+) -> Result<Mat<T>, LinalgError> {
     let mut y = Mat::<T>::zeros(op.nrows(), x.ncols());
     let bs = bs.max(1);
     let mut s = 0;
     while s < x.ncols() {
         let b = bs.min(x.ncols() - s);
-        op.apply(y.as_mut().subcols_mut(s, b), x.as_ref().subcols(s, b));
+        op.apply(y.as_mut().subcols_mut(s, b), x.as_ref().subcols(s, b))?;
         s += b;
     }
-    y
+    Ok(y)
 }

@@ -27,7 +27,7 @@ pub fn trace_hutchinson<T: Float, O: LinearOperator<T> + ?Sized>(
         for c in 0..om.ncols() {
             terms.push(dot(col(om, c), col(y, c)));
         }
-    });
+    })?;
     let (value, std_err) = mean_se(&terms);
     Ok(Estimate { value, std_err, matvecs: a.count() })
 }
@@ -53,14 +53,14 @@ pub fn trace_hutchpp<T: Float, O: LinearOperator<T> + ?Sized>(
     let g = matvecs - 2 * s;
     let mut rng = Rng::new(opts.seed);
     let sk = fill_probes::<T>(&mut rng, n, s, opts.probe);
-    let y = apply_blocked(&a, &sk, opts.block_size);
+    let y = apply_blocked(&a, &sk, opts.block_size)?;
     let (q, _) = thin_qr(y.as_ref());
-    let aq = apply_blocked(&a, &q, opts.block_size);
+    let aq = apply_blocked(&a, &q, opts.block_size)?;
     let exact: f64 = (0..q.ncols()).map(|c| dot(col(&q, c), col(&aq, c))).sum();
     let mut gm = fill_probes::<T>(&mut rng, n, g, opts.probe);
     let qtg = mul(q.transpose(), gm.as_ref());
     gm -= mul(q.as_ref(), qtg.as_ref());
-    let ag = apply_blocked(&a, &gm, opts.block_size);
+    let ag = apply_blocked(&a, &gm, opts.block_size)?;
     let terms: Vec<f64> = (0..g).map(|c| dot(col(&gm, c), col(&ag, c))).collect();
     let (rest, std_err) = mean_se(&terms);
     Ok(Estimate { value: exact + rest, std_err, matvecs: a.count() })
@@ -94,14 +94,14 @@ pub(crate) fn exchangeable_setup<T: Float, O: LinearOperator<T> + ?Sized>(
     let n = a.nrows();
     let mut rng = Rng::new(opts.seed);
     let omega = fill_probes::<T>(&mut rng, n, s, opts.probe);
-    let y = apply_blocked(a, &omega, opts.block_size);
+    let y = apply_blocked(a, &omega, opts.block_size)?;
     let (q, r) = thin_qr(y.as_ref());
     let z = if transpose_for_z && !a.structure().symmetric {
         let mut z = Mat::<T>::zeros(n, q.ncols());
         a.apply_transpose(z.as_mut(), q.as_ref())?;
         z
     } else {
-        apply_blocked(a, &q, opts.block_size)
+        apply_blocked(a, &q, opts.block_size)?
     };
     let r = to_f64(&r);
     let k = r.nrows();

@@ -57,20 +57,20 @@ pub fn cg<T: Float, O: LinearOperator<T> + ?Sized>(
     let bnorm: Vec<f64> = (0..k).map(|j| col_norm(r.as_ref(), j)).collect();
     let mut res: Vec<f64> = bnorm.iter().map(|&b| if b > 0.0 { 1.0 } else { 0.0 }).collect();
     let mut active: Vec<bool> = bnorm.iter().map(|&b| b > 0.0).collect();
-    let apply_m = |cols: &[usize], r: &Mat<T>| -> Mat<T> {
+    let apply_m = |cols: &[usize], r: &Mat<T>| -> Result<Mat<T>, LinalgError> {
         let rb = Mat::<T>::from_fn(n, cols.len(), |i, c| r[(i, cols[c])]);
         match precond {
             Some(m) => {
                 let mut z = Mat::<T>::zeros(n, cols.len());
-                m.apply(z.as_mut(), rb.as_ref());
-                z
+                m.apply(z.as_mut(), rb.as_ref())?;
+                Ok(z)
             }
-            None => rb,
+            None => Ok(rb),
         }
     };
     let describe = || format!("cg on {}", op.describe());
     let act0: Vec<usize> = (0..k).filter(|&j| active[j]).collect();
-    let z0 = apply_m(&act0, &r);
+    let z0 = apply_m(&act0, &r)?;
     let mut p = Mat::<T>::zeros(n, k);
     let mut rho = vec![0.0f64; k];
     for (c, &j) in act0.iter().enumerate() {
@@ -95,7 +95,7 @@ pub fn cg<T: Float, O: LinearOperator<T> + ?Sized>(
         iters = it + 1;
         let pa = Mat::<T>::from_fn(n, act.len(), |i, c| p[(i, act[c])]);
         let mut ap = Mat::<T>::zeros(n, act.len());
-        a.apply(ap.as_mut(), pa.as_ref());
+        a.apply(ap.as_mut(), pa.as_ref())?;
         for (c, &j) in act.iter().enumerate() {
             let pap = col_dot(pa.as_ref(), ap.as_ref(), c);
             if pap.is_nan() || pap <= 0.0 {
@@ -121,7 +121,7 @@ pub fn cg<T: Float, O: LinearOperator<T> + ?Sized>(
         if act.is_empty() {
             break;
         }
-        let z = apply_m(&act, &r);
+        let z = apply_m(&act, &r)?;
         for (c, &j) in act.iter().enumerate() {
             let rz: f64 = (0..n).map(|i| r[(i, j)].as_f64() * z[(i, c)].as_f64()).sum();
             if precond.is_some() && rz <= 0.0 {

@@ -8,7 +8,6 @@ use crate::{LinalgError, LinearOperator, Structure};
 use curvops_tensor::Float;
 use faer::{Mat, MatMut, MatRef};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 /// How to solve `Ax = b`.
 #[derive(Clone, Debug, Default)]
@@ -94,15 +93,15 @@ pub fn damped_solve<T: Float, O: LinearOperator<T> + ?Sized>(
 
 /// `A⁻¹` as an operator: `apply` solves `A X = rhs` with a [`SolveMethod`].
 ///
-/// `apply` cannot return errors: on a solver failure the output is filled with NaN and the
-/// error is kept for [`InverseOp::take_error`]. Structure: that of `A` (the inverse of a
+/// On a solver failure (no convergence, `pᵀAp ≤ 0` in CG, …) `apply` returns
+/// [`LinalgError::Inner`] naming this operator, with the solver's error as its source.
+/// Structure: that of `A` (the inverse of a
 /// symmetric positive-definite matrix is one). Exact: `solve` (applies `A`), `logdet`
 /// (`−log|det A|`), `eigh` (inverted eigenvalues) when `A` offers them.
 pub struct InverseOp<'p, T: Float, O> {
     op: O,
     method: SolveMethod,
     precond: Option<&'p dyn LinearOperator<T>>,
-    error: Mutex<Option<LinalgError>>,
     matvecs: AtomicUsize,
 }
 
@@ -110,16 +109,12 @@ impl<'p, T: Float, O: LinearOperator<T>> InverseOp<'p, T, O> {
     /// `op⁻¹` by `method`.
     pub fn new(op: O, method: SolveMethod) -> Result<Self, LinalgError> {
         check_square(&op, "inverse")?;
-        Ok(Self { op, method, precond: None, error: Mutex::new(None), matvecs: AtomicUsize::new(0) })
+        Ok(Self { op, method, precond: None, matvecs: AtomicUsize::new(0) })
     }
     /// Uses `precond ≈ A⁻¹` in CG.
     pub fn with_preconditioner(mut self, precond: &'p dyn LinearOperator<T>) -> Self {
         self.precond = Some(precond);
         self
-    }
-    /// The error of the last failed `apply`, if any (cleared).
-    pub fn take_error(&self) -> Option<LinalgError> {
-        self.error.lock().map(|mut e| e.take()).unwrap_or(None)
     }
     /// Matvecs of `A` spent by all applications so far.
     pub fn matvecs(&self) -> usize {
@@ -144,23 +139,15 @@ impl<T: Float, O: LinearOperator<T>> LinearOperator<T> for InverseOp<'_, T, O> {
     fn describe(&self) -> String {
         format!("inverse of {} by {}", self.op.describe(), self.method.name())
     }
-    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
-        match solve_with(&self.op, rhs, &self.method, self.precond) {
-            Ok((x, info)) => {
-                out.copy_from(&x);
-                self.matvecs.fetch_add(info.matvecs, Ordering::Relaxed);
-            }
-            Err(e) => {
-                out.fill(T::nan());
-                if let Ok(mut g) = self.error.lock() {
-                    *g = Some(e);
-                }
-            }
-        }
+    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        let (x, info) = solve_with(&self.op, rhs, &self.method, self.precond)
+            .map_err(|e| LinalgError::inner(self.describe(), e))?;
+        out.copy_from(&x);
+        self.matvecs.fetch_add(info.matvecs, Ordering::Relaxed);
+        Ok(())
     }
     fn solve(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
-        self.op.apply(out, rhs);
-        Ok(())
+        self.op.apply(out, rhs)
     }
     fn logdet(&self) -> Result<T, LinalgError> {
         Ok(-self.op.logdet()?)

@@ -58,7 +58,11 @@ pub fn lsmr<T: Float, O: LinearOperator<T> + ?Sized>(
         max_iters: opts.max_iters.unwrap_or((4 * n).max(100)),
         ..Default::default()
     };
-    match faer_lsmr(x.as_mut(), precond, &fop, rhs, params, |_| {}, par, MemStack::new(&mut mem)) {
+    let result = faer_lsmr(x.as_mut(), precond, &fop, rhs, params, |_| {}, par, MemStack::new(&mut mem));
+    if let Some(e) = fop.take_error() {
+        return Err(e);
+    }
+    match result {
         Ok(info) => Ok((
             x,
             SolveInfo {

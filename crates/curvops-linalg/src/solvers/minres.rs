@@ -82,7 +82,7 @@ pub fn minres<T: Float, O: LinearOperator<T> + ?Sized>(
         iters = it + 1;
         let va = Mat::<T>::from_fn(n, act.len(), |i, c| v[(i, act[c])]);
         let mut p = Mat::<T>::zeros(n, act.len());
-        a.apply(p.as_mut(), va.as_ref());
+        a.apply(p.as_mut(), va.as_ref())?;
         for (c, &j) in act.iter().enumerate() {
             let s = &mut st[j];
             let p0 = col_norm(p.as_ref(), c);

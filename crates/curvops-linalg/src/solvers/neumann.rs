@@ -29,7 +29,7 @@ impl Default for NeumannOptions {
 
 /// `‖A v‖` after `iters` power iterations from a seeded random unit `v` (a lower bound of
 /// `‖A‖₂` that approaches it).
-fn power_norm_estimate<T: Float, O: LinearOperator<T> + ?Sized>(op: &O, iters: usize) -> f64 {
+fn power_norm_estimate<T: Float, O: LinearOperator<T> + ?Sized>(op: &O, iters: usize) -> Result<f64, LinalgError> {
     let n = op.ncols();
     let mut rng = Rng::new(0x6e65_756d);
     let mut v = Mat::<T>::from_fn(n, 1, |_, _| T::of(rng.normal()));
@@ -37,18 +37,18 @@ fn power_norm_estimate<T: Float, O: LinearOperator<T> + ?Sized>(op: &O, iters: u
     for _ in 0..iters {
         let nv = col_norm(v.as_ref(), 0);
         if nv == 0.0 {
-            return 0.0;
+            return Ok(0.0);
         }
         let inv = T::of(1.0 / nv);
         for i in 0..n {
             v[(i, 0)] = inv * v[(i, 0)];
         }
         let mut w = Mat::<T>::zeros(n, 1);
-        op.apply(w.as_mut(), v.as_ref());
+        op.apply(w.as_mut(), v.as_ref())?;
         est = col_norm(w.as_ref(), 0);
         v = w;
     }
-    est
+    Ok(est)
 }
 
 /// The truncated Neumann series `A⁻¹b ≈ α Σ_{i<k} (I − αA)ⁱ b`, i.e. Richardson iteration
@@ -68,7 +68,7 @@ pub fn neumann<T: Float, O: LinearOperator<T> + ?Sized>(
     let alpha = match opts.alpha {
         Some(al) => al,
         None => {
-            let lmax = power_norm_estimate(&a, 30);
+            let lmax = power_norm_estimate(&a, 30)?;
             if lmax == 0.0 {
                 return Err(LinalgError::Singular(format!("neumann on {}: the operator is 0", op.describe())));
             }
@@ -99,7 +99,7 @@ pub fn neumann<T: Float, O: LinearOperator<T> + ?Sized>(
         iters = term + 1;
         let ra = Mat::<T>::from_fn(n, act.len(), |i, c| r[(i, act[c])]);
         let mut ar = Mat::<T>::zeros(n, act.len());
-        a.apply(ar.as_mut(), ra.as_ref());
+        a.apply(ar.as_mut(), ra.as_ref())?;
         for (c, &j) in act.iter().enumerate() {
             for i in 0..n {
                 x[(i, j)] += ta * ra[(i, c)];

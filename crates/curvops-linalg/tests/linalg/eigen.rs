@@ -116,7 +116,7 @@ fn lanczos_structured_and_errors() {
     check_eigsh("kron 12x9", &kd, &k, 5, Which::Largest, 1e-10);
     let u = randn(&mut rng, 80, 4);
     let lr = LowRankOp::new(u, vec![4.0, 3.0, 2.0, 1.0]).unwrap();
-    let lrd = symmetrize(lr.to_dense().as_ref());
+    let lrd = symmetrize(lr.to_dense().unwrap().as_ref());
     check_eigsh("low rank 4 in 80", &lrd, &lr, 3, Which::Largest, 1e-10);
     // bottom of a PSD low-rank operator: zero eigenvalues (round-off criterion)
     let r = eigsh(&lr, 2, Which::Smallest, &EigshOptions::default()).unwrap();

@@ -20,8 +20,9 @@ impl LinearOperator<f64> for Plain {
     fn structure(&self) -> Structure {
         self.1
     }
-    fn apply(&self, out: MatMut<'_, f64>, rhs: MatRef<'_, f64>) {
+    fn apply(&self, out: MatMut<'_, f64>, rhs: MatRef<'_, f64>) -> Result<(), LinalgError> {
         faer::linalg::matmul::matmul(out, faer::Accum::Replace, self.0.as_ref(), rhs, 1.0, faer::Par::Seq);
+        Ok(())
     }
     fn has_transpose(&self) -> bool {
         true

@@ -15,8 +15,74 @@ impl LinearOperator<f64> for NoTranspose {
     fn ncols(&self) -> usize {
         self.0.ncols()
     }
-    fn apply(&self, mut out: MatMut<'_, f64>, rhs: MatRef<'_, f64>) {
+    fn apply(&self, mut out: MatMut<'_, f64>, rhs: MatRef<'_, f64>) -> Result<(), LinalgError> {
         out.copy_from(&self.0 * rhs);
+        Ok(())
+    }
+}
+
+/// A symmetric positive-definite matrix whose `apply` fails from the `fail_at`-th call on (like
+/// an operator whose inner solve or data batch fails), with a transpose.
+struct FailingOp {
+    a: Mat<f64>,
+    fail_at: usize,
+    calls: std::sync::atomic::AtomicUsize,
+}
+impl LinearOperator<f64> for FailingOp {
+    fn nrows(&self) -> usize {
+        self.a.nrows()
+    }
+    fn ncols(&self) -> usize {
+        self.a.ncols()
+    }
+    fn structure(&self) -> Structure {
+        Structure::PSD
+    }
+    fn describe(&self) -> String {
+        "failing op".into()
+    }
+    fn apply(&self, mut out: MatMut<'_, f64>, rhs: MatRef<'_, f64>) -> Result<(), LinalgError> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= self.fail_at {
+            return Err(LinalgError::inner(self.describe(), "data batch 3 could not be read"));
+        }
+        out.copy_from(&self.a * rhs);
+        Ok(())
+    }
+}
+
+#[test]
+fn apply_errors_propagate_from_solvers() {
+    let mut rng = Rng::new(47);
+    let n = 20;
+    let a = rand_spd(&mut rng, n);
+    let b = randn(&mut rng, n, 2);
+    let failing = |fail_at| FailingOp { a: a.clone(), fail_at, calls: Default::default() };
+    let is_ours = |e: &LinalgError| {
+        matches!(e, LinalgError::Inner { operator, source } if operator == "failing op"
+            && source.to_string() == "data batch 3 could not be read")
+    };
+    // CG: the error of the 3rd application comes back as it is, not a NaN solution or a
+    // "not positive definite" report
+    let err = cg(&failing(2), b.as_ref(), None, &CgOptions::default()).unwrap_err();
+    eprintln!("[apply error] cg: {err}");
+    assert!(is_ours(&err), "{err}");
+    assert!(std::error::Error::source(&err).is_some());
+    // likewise for the preconditioner, MINRES, Neumann, LSMR (through faer) and the inverse
+    let good = DenseOp::with_structure(a.clone(), Structure::PSD);
+    let pre = failing(0);
+    let err = cg(&good, b.as_ref(), Some(&pre), &CgOptions::default()).unwrap_err();
+    assert!(is_ours(&err), "{err}");
+    assert!(is_ours(&minres(&failing(2), b.as_ref(), &MinresOptions::default()).unwrap_err()));
+    assert!(is_ours(&neumann(&failing(5), b.as_ref(), &NeumannOptions::default()).unwrap_err()));
+    assert!(is_ours(&lsmr(&failing(2), b.as_ref(), &LsmrOptions::default()).unwrap_err()));
+    let inv = InverseOp::new(failing(1), SolveMethod::Cg(CgOptions::default())).unwrap();
+    let mut y = Mat::<f64>::zeros(n, 1);
+    match inv.apply(y.as_mut(), b.as_ref().subcols(0, 1)).unwrap_err() {
+        LinalgError::Inner { operator, source } => {
+            assert!(operator.starts_with("inverse of failing op"), "{operator}");
+            assert!(source.get().downcast_ref::<LinalgError>().is_some_and(is_ours), "{source}");
+        }
+        e => panic!("expected an inner error, got {e}"),
     }
 }
 
@@ -201,8 +267,7 @@ fn inverse_operators_and_damped_solves() {
     ] {
         let inv = InverseOp::new(DampedOp::new(&op, lam).unwrap(), method.clone()).unwrap();
         assert_eq!(inv.structure(), Structure::PSD);
-        let got = inv.to_dense();
-        assert!(inv.take_error().is_none());
+        let got = inv.to_dense().unwrap();
         let e = rel_err(got.as_ref(), inv_dense.as_ref());
         eprintln!("[inverse] {}: rel err {e:.2e}, {} matvecs", inv.describe(), inv.matvecs());
         assert!(e < 1e-8, "{method:?}: {e}");
@@ -216,12 +281,17 @@ fn inverse_operators_and_damped_solves() {
     let mut back = Mat::<f64>::zeros(n, 1);
     inv.solve(back.as_mut(), Mat::<f64>::ones(n, 1).as_ref()).unwrap();
     assert!(rel_err(back.as_ref(), (&ad * Mat::<f64>::ones(n, 1)).as_ref()) < 1e-12);
-    // a failing solve: NaN output and the error kept
+    // a failing solve: an error naming the inverse, with CG's error as its source (no NaN)
     let ind = DenseOp::with_structure(rand_sym_indef(&mut rng, n), Structure::SYMMETRIC);
     let inv = InverseOp::new(&ind, SolveMethod::Cg(CgOptions::default())).unwrap();
-    let y = inv.apply_vec(&vec![1.0; n]);
-    assert!(y.iter().all(|v| v.is_nan()));
-    assert!(matches!(inv.take_error(), Some(LinalgError::NotPositiveDefiniteAt { .. })));
+    match inv.apply_vec(&vec![1.0; n]).unwrap_err() {
+        LinalgError::Inner { operator, source } => {
+            assert_eq!(operator, inv.describe());
+            let inner = source.get().downcast_ref::<LinalgError>();
+            assert!(matches!(inner, Some(LinalgError::NotPositiveDefiniteAt { .. })), "{source}");
+        }
+        e => panic!("expected an inner error, got {e}"),
+    }
 
     // damped_solve: exact on Kronecker + λI, CG on a plain PSD operator, MINRES on indefinite
     let (a1, b1) = (rand_spd(&mut rng, 5), rand_spd(&mut rng, 6));

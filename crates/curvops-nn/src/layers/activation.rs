@@ -16,8 +16,9 @@
 //!
 //! For the tanh approximation of gelu (PyTorch's `F.gelu(x, approximate='tanh')`),
 //! `u = c(x + a x³)` with `c = √(2/π)`, `a = 0.044715`, `t = tanh(u)`, `u' = c(1 + 3a x²)` and
-//! `u'' = 6 c a x`. Its rules evaluate `t` for the whole batch with the vectorized slice `tanh`
-//! ([`curvops_tensor::vmath::tanh`]) and pass it to the kernels in place of `y`.
+//! `u'' = 6 c a x`. Its forward pass evaluates `t` with the vectorized slice `tanh`
+//! ([`curvops_tensor::vmath::tanh`]) and keeps it (`Aux::Cols(t)`); the rules pass it to the
+//! kernels in place of `y` (recomputing it for a context without it).
 
 use super::{Aux, Ctx, Layer, ParamIn, ParamOut};
 use curvops_tensor::simd::with_simd;
@@ -70,15 +71,35 @@ fn gelu_tanh_d2_t<T: Float>(x: T, t: T) -> T {
     (T::one() - t * t) * (du - x * t * du * du + T::of(0.5) * x * ddu)
 }
 
+/// Entries per chunk of [`gelu_tanh_chunks`] (its buffers stay in L1).
+const GELU_CHUNK: usize = 512;
+
+/// Calls `f(offset, x_c, t_c)` for consecutive chunks `x_c` of `x` (starting at `offset`) with
+/// `t_c = tanh(u(x_c))`, through stack buffers: no pass over the whole batch for `u` or `t`.
+#[inline(always)]
+fn gelu_tanh_chunks<T: Float>(x: &[T], mut f: impl FnMut(usize, &[T], &[T])) {
+    let mut u = [T::zero(); GELU_CHUNK];
+    let mut t = [T::zero(); GELU_CHUNK];
+    for (ci, xc) in x.chunks(GELU_CHUNK).enumerate() {
+        let m = xc.len();
+        with_simd(
+            #[inline(always)]
+            || {
+                for (uo, &v) in u[..m].iter_mut().zip(xc) {
+                    *uo = gelu_tanh_arg(v);
+                }
+            },
+        );
+        curvops_tensor::vmath::tanh(&u[..m], &mut t[..m]);
+        f(ci * GELU_CHUNK, xc, &t[..m]);
+    }
+}
+
 /// `t = tanh(u(x))` for every entry of `x` (vectorized `tanh`).
 fn gelu_tanh_t<T: Float>(x: &[T]) -> Vec<T> {
-    let u: Vec<T> = with_simd(
-        #[inline(always)]
-        || x.iter().map(|&v| gelu_tanh_arg(v)).collect(),
-    );
-    let mut t = vec![T::zero(); x.len()];
-    curvops_tensor::vmath::tanh(&u, &mut t);
-    t
+    let mut out = Vec::with_capacity(x.len());
+    gelu_tanh_chunks(x, |_, _, t| out.extend_from_slice(t));
+    out
 }
 
 impl ActivationKind {
@@ -277,14 +298,35 @@ impl Activation {
     fn size(&self) -> usize {
         self.shape.iter().product()
     }
+    /// `t = tanh(u(x))` as kept by the forward pass of [`ActivationKind::GeluTanh`] (`None` for
+    /// other kinds, or a context without it).
+    fn kept_t<'a, T: Float>(&self, c: &Ctx<'a, T>) -> Option<&'a [T]> {
+        match c.aux {
+            Aux::Cols(t) if self.kind == ActivationKind::GeluTanh && t.len() == c.x.len() => Some(t),
+            _ => None,
+        }
+    }
     /// `σ'(x) ⊙ v` for `K` stacked `v`; `t` is `tanh(u(x))` for [`ActivationKind::GeluTanh`]
     /// (computed here when `None`), unused otherwise.
     fn mul_d1<T: Float>(&self, c: &Ctx<T>, v: &[T], k: usize, t: Option<&[T]>) -> Vec<T> {
         let s = self.size();
         let (x, y) = (c.x, c.y);
+        let t = t.or_else(|| self.kept_t(c));
         match self.kind {
             ActivationKind::GeluTanh => match t {
                 Some(t) => scaled(x, t, v, k, s, gelu_tanh_d1_t),
+                None if k == 1 => {
+                    // one pass: σ'(x) from t chunk by chunk
+                    let mut out = Vec::with_capacity(v.len());
+                    gelu_tanh_chunks(x, |o, xc, tc| {
+                        let vc = &v[o..o + xc.len()];
+                        with_simd(
+                            #[inline(always)]
+                            || out.extend(xc.iter().zip(tc).zip(vc).map(|((&a, &b), &c)| gelu_tanh_d1_t(a, b) * c)),
+                        )
+                    });
+                    out
+                }
                 None => scaled(x, &gelu_tanh_t(x), v, k, s, gelu_tanh_d1_t),
             },
             ActivationKind::Relu => scaled(x, y, v, k, s, |a, _| if a > T::zero() { T::one() } else { T::zero() }),
@@ -336,11 +378,17 @@ impl<T: Float> Layer<T> for Activation {
                 y
             }
             ActivationKind::GeluTanh => {
-                let t = gelu_tanh_t(x);
-                with_simd(
-                    #[inline(always)]
-                    || x.iter().zip(&t).map(|(&v, &tv)| T::of(0.5) * v * (T::one() + tv)).collect(),
-                )
+                // t = tanh(u(x)) is kept for the rules (Aux::Cols)
+                let mut y = Vec::with_capacity(x.len());
+                let mut t = Vec::with_capacity(x.len());
+                gelu_tanh_chunks(x, |_, xc, tc| {
+                    t.extend_from_slice(tc);
+                    with_simd(
+                        #[inline(always)]
+                        || y.extend(xc.iter().zip(tc).map(|(&v, &tv)| T::of(0.5) * v * (T::one() + tv))),
+                    )
+                });
+                return (y, Aux::Cols(t));
             }
             kind => x.iter().map(|&v| kind.value(v)).collect(),
         };
@@ -354,6 +402,10 @@ impl<T: Float> Layer<T> for Activation {
     }
     fn hvp_needs_g(&self, rx: bool, _dp: bool, want_input: bool) -> bool {
         rx && want_input && !self.kind.is_piecewise_linear()
+    }
+    /// Elementwise: `d = σ''(x) ⊙ g`.
+    fn input_hessian_diag(&self, c: &Ctx<T>, g: &[T]) -> Option<Vec<T>> {
+        Some(c.x.iter().zip(c.y).zip(g).map(|((&x, &y), &gv)| self.kind.d2(x, y) * gv).collect())
     }
     fn hvp_backward(
         &self,
@@ -370,7 +422,10 @@ impl<T: Float> Layer<T> for Activation {
             return None;
         }
         let s = self.size();
-        let t = (self.kind == ActivationKind::GeluTanh).then(|| gelu_tanh_t(c.x));
+        let t: Option<std::borrow::Cow<[T]>> = (self.kind == ActivationKind::GeluTanh).then(|| match self.kept_t(c) {
+            Some(t) => std::borrow::Cow::Borrowed(t),
+            None => std::borrow::Cow::Owned(gelu_tanh_t(c.x)),
+        });
         let mut out = self.mul_d1(c, rg, k, t.as_deref());
         if let (Some(rx), false) = (rx, self.kind.is_piecewise_linear()) {
             let two = T::of(2.0);

@@ -45,6 +45,7 @@
 //! `W_in`, `W_out`) do not care about the layout. The per-sample attention core reads either.
 
 use super::{Aux, Ctx, Layer, ParamIn, ParamOut, ParamSpec};
+use super::{KfacLayout, KfacMap};
 use curvops_tensor::gemm::gemm_new;
 use curvops_tensor::threads::{for_each_item, for_each_item_with};
 use curvops_tensor::{gemm, ops, Float, Trans};
@@ -282,6 +283,44 @@ impl<T: Float> Layer<T> for MultiheadAttention {
             ParamSpec { name: "out_proj.weight", shape: vec![e, e] },
             ParamSpec { name: "out_proj.bias", shape: vec![e] },
         ]
+    }
+
+    /// Two maps over the `T` tokens (curvlinops treats them as two `nn.Linear` layers):
+    /// * `in_proj`: `A = X W_inᵀ + 1 b_inᵀ`, input `X` (`[N, T, E]`), output cotangent the
+    ///   cotangent at `A = [Q | K | V]`, `gA` (`[N, K, T, 3E]`), from the node's output cotangent
+    ///   `G` by the backward pass of the rest of the node (`gO = G W_out`, then the attention
+    ///   core's VJP, see the module docs);
+    /// * `out_proj`: `Y = O W_outᵀ + 1 b_outᵀ`, input the concatenated heads `O` (`[N, T, E]`,
+    ///   kept by the forward pass), output cotangent `G` itself.
+    fn kfac_maps(&self) -> Vec<KfacMap> {
+        let (t, e) = (self.t, self.e);
+        let map = |name, weight, out| KfacMap {
+            name,
+            weight,
+            bias: Some(weight + 1),
+            out,
+            inp: e,
+            positions: t,
+            transposed: false,
+            layout: KfacLayout::Rows,
+            one_hot: false,
+        };
+        vec![map("in_proj", 0, 3 * e), map("out_proj", 2, e)]
+    }
+    fn kfac_inputs<'a>(&self, c: &Ctx<'a, T>, map: usize) -> Cow<'a, [T]> {
+        match map {
+            0 => Cow::Borrowed(c.x),
+            _ => Cow::Borrowed(self.fwd(c).o),
+        }
+    }
+    fn kfac_output_cotangents<'g>(&self, c: &Ctx<T>, map: usize, g: &'g [T], k: usize) -> Cow<'g, [T]> {
+        if map != 0 {
+            return Cow::Borrowed(g);
+        }
+        let (t, e) = (self.t, self.e);
+        let (_, _, w_out, _) = self.weights(c.p);
+        let go = gemm_new(c.n * k * t, e, e, g, e, Trans::N, w_out, e, Trans::N);
+        Cow::Owned(self.batch_vjp(&self.fwd(c), &go, Lay { k, t, tk: false }))
     }
 
     fn forward(&self, p: &[T], x: &[T], n: usize) -> (Vec<T>, Aux<T>) {
@@ -683,11 +722,11 @@ fn softmax_rows<T: Float>(s: &mut [T], tl: usize, causal: bool) {
                 mx = x;
             }
         }
-        let mut sum = T::zero();
         for x in v.iter_mut() {
-            *x = (*x - mx).exp();
-            sum += *x;
+            *x -= mx;
         }
+        curvops_tensor::vmath::exp_inplace(v);
+        let sum = ops::sum(v);
         ops::scale(T::one() / sum, v);
         masked.fill(T::zero());
     }
@@ -708,7 +747,7 @@ fn softmax_jac<T: Float>(p: &[T], v: &mut [T], tl: usize, causal: bool) {
 
 /// Softmax VJP keeping its parts: `r = rowsum(P ⊙ gP)` and `gS = P ⊙ (gP − r)`.
 fn softmax_vjp_parts<T: Float>(p: &[T], gp: &[T], r: &mut [T], gs: &mut [T], tl: usize, causal: bool) {
-    gs.copy_from_slice(gp);
+    ops::copy(gp, gs);
     for (t, rt) in r.iter_mut().enumerate() {
         let l = row_len(t, tl, causal);
         *rt = ops::dot(&p[t * tl..t * tl + l], &gp[t * tl..t * tl + l]);

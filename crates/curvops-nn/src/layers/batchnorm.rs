@@ -102,6 +102,9 @@ impl<T: Float> Layer<T> for BatchNorm {
     fn kind(&self) -> &'static str {
         self.kind
     }
+    fn training_note(&self) -> Option<&'static str> {
+        Some("batch norm is trained in evaluation mode (running statistics kept fixed)")
+    }
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

@@ -13,6 +13,8 @@
 //! second unfolding.
 
 use super::{Aux, Ctx, Layer, ParamIn, ParamOut, ParamSpec};
+use super::{GradFactorShape, GradFactors, GramFeatures};
+use super::{KfacLayout, KfacMap};
 use curvops_tensor::conv::Geom2d;
 use curvops_tensor::threads::{for_each_item, for_each_item_with, sum_over_chunks};
 use curvops_tensor::{gemm, Float, Trans};
@@ -193,6 +195,50 @@ impl<T: Float> Layer<T> for Conv2d {
             v.push(ParamSpec { name: "bias", shape: vec![self.out_c] });
         }
         v
+    }
+
+    /// One map: the weight as `[O, C/G·kh·kw]` on the `L` output positions. Inputs are the
+    /// unfolded patches `[N, C/G·kh·kw, L]` (with groups, averaged over the `G` channel groups,
+    /// as curvlinops' KFAC does); output cotangents the node's own `[N, K, O, L]`.
+    fn kfac_maps(&self) -> Vec<KfacMap> {
+        vec![KfacMap {
+            name: "",
+            weight: 0,
+            bias: self.bias.then_some(1),
+            out: self.out_c,
+            inp: self.jg(),
+            positions: self.geom.out_len(),
+            transposed: false,
+            layout: KfacLayout::Columns,
+            one_hot: false,
+        }]
+    }
+    fn kfac_inputs<'a>(&self, c: &Ctx<'a, T>, _map: usize) -> std::borrow::Cow<'a, [T]> {
+        let cols: &'a [T] = match c.aux {
+            Aux::Cols(v) => v,
+            _ => panic!("conv2d: forward pass did not keep cols"),
+        };
+        let g = self.groups;
+        if g == 1 {
+            return std::borrow::Cow::Borrowed(cols);
+        }
+        let per = self.jg() * self.geom.out_len();
+        let inv = T::of(1.0 / g as f64);
+        let mut avg = vec![T::zero(); c.n * per];
+        for (dst, src) in avg.chunks_exact_mut(per).zip(cols.chunks_exact(g * per)) {
+            for grp in src.chunks_exact(per) {
+                for (a, &v) in dst.iter_mut().zip(grp) {
+                    *a += v;
+                }
+            }
+            for a in dst.iter_mut() {
+                *a *= inv;
+            }
+        }
+        std::borrow::Cow::Owned(avg)
+    }
+    fn kfac_output_cotangents<'g>(&self, _c: &Ctx<T>, _map: usize, g: &'g [T], _k: usize) -> std::borrow::Cow<'g, [T]> {
+        std::borrow::Cow::Borrowed(g)
     }
 
     fn forward(&self, p: &[T], x: &[T], n: usize) -> (Vec<T>, Aux<T>) {
@@ -376,5 +422,49 @@ impl<T: Float> Layer<T> for Conv2d {
             );
         }
         Some(rgx)
+    }
+
+    /// Per sample one GEMM for the `K` weight gradients `G_{nk} colsᵀ_n` (per group), squared
+    /// and weighted; the bias gradient of `(n, k)` is `Σ_l G_{nk}[·, l]`.
+    fn sq_grad_diag(&self, c: &Ctx<T>, g: &[T], k: usize, w: &[T], out: &mut ParamOut<T>) {
+        let l = self.geom.out_len();
+        let os = self.out_c * l;
+        let cs = self.geom.col_rows() * l;
+        let wl = self.wlen();
+        if let Some(gw) = out[0].as_deref_mut() {
+            let cols = self.cols_of(c);
+            sum_over_chunks(c.n, gw, |range, buf| {
+                let mut tmp = vec![T::zero(); k * wl];
+                for s in range {
+                    tmp.fill(T::zero());
+                    self.grad_weight(&g[s * k * os..(s + 1) * k * os], k, &cols[s * cs..(s + 1) * cs], &mut tmp);
+                    super::add_weighted_squares(&tmp, &w[s * k..(s + 1) * k], buf);
+                }
+            });
+        }
+        if self.bias {
+            if let Some(gb) = out[1].as_deref_mut() {
+                for (r, &wv) in w.iter().enumerate().take(c.n * k) {
+                    for (ch, d) in gb.iter_mut().enumerate() {
+                        let sum: T = g[r * os + ch * l..r * os + (ch + 1) * l].iter().copied().sum();
+                        *d += wv * sum * sum;
+                    }
+                }
+            }
+        }
+    }
+
+    fn grad_factor_shape(&self) -> Option<GradFactorShape> {
+        Some(GradFactorShape { groups: self.groups, j: self.jg(), o: self.og(), l: self.geom.out_len() })
+    }
+
+    /// Factored: `U_n` = the unfolded input kept by the forward pass, `G_a` = the cotangent.
+    fn gram_features(&self, c: &Ctx<T>, g: &[T], k: usize, factored: bool, want: &[bool]) -> GramFeatures<T> {
+        let shape = Layer::<T>::grad_factor_shape(self).expect("conv2d factors");
+        if !factored {
+            return super::per_sample_gram_features(self, c, g, k, want);
+        }
+        let u = if want.first().copied().unwrap_or(false) { self.cols_of(c).to_vec() } else { Vec::new() };
+        GramFeatures::Factored(GradFactors { shape, u, g: g[..c.n * k * self.out_c * shape.l].to_vec() })
     }
 }

@@ -16,6 +16,7 @@
 //! NaN for it (so the loss turns NaN visibly) and the parameter rules skip it.
 
 use super::{Aux, Ctx, Layer, ParamIn, ParamOut, ParamSpec};
+use super::{KfacLayout, KfacMap};
 use curvops_tensor::{ops, Float};
 
 /// A lookup table of `num` embeddings of size `dim`.
@@ -105,6 +106,29 @@ impl<T: Float> Layer<T> for Embedding {
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![ParamSpec { name: "weight", shape: vec![self.num, self.dim] }]
+    }
+    /// One map: `y_l = Wᵀ e_{id_l}`, a linear map of one-hot inputs (`in = num`, `out = dim`)
+    /// whose weight is stored transposed (`W` is `[num, dim]`), over the `L` ids of a sample.
+    /// Inputs are the ids `[N, L]`; output cotangents the node's own `[N, K, L, dim]`. KFAC's
+    /// input factor is then diagonal: `A = diag(count of id i) / (N·L)`.
+    fn kfac_maps(&self) -> Vec<KfacMap> {
+        vec![KfacMap {
+            name: "",
+            weight: 0,
+            bias: None,
+            out: self.dim,
+            inp: self.num,
+            positions: self.len,
+            transposed: true,
+            layout: KfacLayout::Rows,
+            one_hot: true,
+        }]
+    }
+    fn kfac_inputs<'a>(&self, c: &Ctx<'a, T>, _map: usize) -> std::borrow::Cow<'a, [T]> {
+        std::borrow::Cow::Borrowed(c.x)
+    }
+    fn kfac_output_cotangents<'g>(&self, _c: &Ctx<T>, _map: usize, g: &'g [T], _k: usize) -> std::borrow::Cow<'g, [T]> {
+        std::borrow::Cow::Borrowed(g)
     }
 
     /// Looks up every id; assumes validated ids (see the module docs: a row of NaN for an

@@ -32,11 +32,13 @@
 //! For the parameters, `R(∇w) = Σ R(g) ⊙ x̂ + g ⊙ R(x̂)` (the second term is `∂²y/∂w∂x`) and
 //! `R(∇b) = Σ R(g)`; they are written whenever wanted, also when `dw`, `db` are `None`.
 //!
-//! The forward pass keeps nothing: `μ`, `s` and `x̂` are recomputed from the input by the rules
-//! (`O(N·size)`, cheaper than any rule's own work).
+//! The forward pass keeps `x̂` and `s` (`Aux::Cols([x̂ | s])`, `[N·R, M]` and `[N·R]`) for the
+//! rules; they recompute them from the input when given a context without it.
 
 use super::{Aux, Ctx, Layer, ParamIn, ParamOut, ParamSpec};
+use curvops_tensor::simd::with_simd;
 use curvops_tensor::{ops, Float};
+use std::borrow::Cow;
 
 /// Layer normalization over the trailing axes of each sample.
 #[derive(Clone, Debug)]
@@ -120,17 +122,39 @@ impl LayerNorm {
         let eps = T::of(self.eps);
         let mut xh = vec![T::zero(); x.len()];
         let mut s = Vec::with_capacity(x.len() / m);
-        for (row, out) in x.chunks_exact(m).zip(xh.chunks_exact_mut(m)) {
-            let mu = row.iter().copied().sum::<T>() * inv_m;
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = v - mu;
-            }
-            let var = ops::dot(out, out) * inv_m;
-            let sr = T::one() / (var + eps).sqrt();
-            ops::scale(sr, out);
-            s.push(sr);
-        }
+        with_simd(
+            #[inline(always)]
+            || {
+                for (row, out) in x.chunks_exact(m).zip(xh.chunks_exact_mut(m)) {
+                    let mu = ops::sum(row) * inv_m;
+                    for (o, &v) in out.iter_mut().zip(row) {
+                        *o = v - mu;
+                    }
+                    let var = ops::dot(out, out) * inv_m;
+                    let sr = T::one() / (var + eps).sqrt();
+                    for o in out.iter_mut() {
+                        *o *= sr;
+                    }
+                    s.push(sr);
+                }
+            },
+        );
         (xh, s)
+    }
+    /// `x̂` and `s` of the context's input: kept by the forward pass in `Aux::Cols([x̂ | s])`,
+    /// recomputed when the context holds something else.
+    fn xhat_s<'a, T: Float>(&self, c: &Ctx<'a, T>) -> (Cow<'a, [T]>, Cow<'a, [T]>) {
+        let len = c.x.len();
+        match c.aux {
+            Aux::Cols(v) if v.len() == len + len / self.m => {
+                let (xh, s) = v.split_at(len);
+                (Cow::Borrowed(xh), Cow::Borrowed(s))
+            }
+            _ => {
+                let (xh, s) = self.normalize(c.x);
+                (Cow::Owned(xh), Cow::Owned(s))
+            }
+        }
     }
     /// The weight `w` (`None` without affine, i.e. `w = 1`).
     fn weight<'a, T>(&self, p: &'a [T]) -> Option<&'a [T]> {
@@ -147,7 +171,7 @@ impl LayerNorm {
 /// `out = P(d) = s (d − mean(d) − x̂ mean(d ⊙ x̂))` for one row.
 #[inline]
 fn project<T: Float>(d: &[T], xh: &[T], s: T, inv_m: T, out: &mut [T]) {
-    let m1 = d.iter().copied().sum::<T>() * inv_m;
+    let m1 = ops::sum(d) * inv_m;
     let m2 = ops::dot(d, xh) * inv_m;
     for ((o, &dv), &xv) in out.iter_mut().zip(d).zip(xh) {
         *o = s * (dv - m1 - xv * m2);
@@ -201,22 +225,40 @@ impl<T: Float> Layer<T> for LayerNorm {
 
     fn forward(&self, p: &[T], x: &[T], _n: usize) -> (Vec<T>, Aux<T>) {
         let m = self.m;
-        let (mut y, _) = self.normalize(x);
+        let (xh, sv) = self.normalize(x);
+        let mut y = ops::to_vec(&xh);
         if let Some(w) = self.weight(p) {
             let b = self.bias.then(|| &p[m..2 * m]);
-            for row in y.chunks_exact_mut(m) {
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = *v * w[j] + b.map_or(T::zero(), |b| b[j]);
-                }
-            }
+            with_simd(
+                #[inline(always)]
+                || {
+                    for row in y.chunks_exact_mut(m) {
+                        match b {
+                            Some(b) => {
+                                for ((v, &wv), &bv) in row.iter_mut().zip(w).zip(b) {
+                                    *v = *v * wv + bv;
+                                }
+                            }
+                            None => {
+                                for (v, &wv) in row.iter_mut().zip(w) {
+                                    *v *= wv;
+                                }
+                            }
+                        }
+                    }
+                },
+            );
         }
-        (y, Aux::None)
+        // x̂ and s for the rules
+        let mut keep = xh;
+        keep.extend_from_slice(&sv);
+        (y, Aux::Cols(keep))
     }
 
     fn jvp_input(&self, c: &Ctx<T>, dx: &[T], k: usize) -> Vec<T> {
         let m = self.m;
         let inv_m = T::one() / T::of(m as f64);
-        let (xh, s) = self.normalize(c.x);
+        let (xh, s) = self.xhat_s(c);
         let w = self.weight(c.p);
         let mut out = vec![T::zero(); dx.len()];
         for (t, (d, o)) in dx.chunks_exact(m).zip(out.chunks_exact_mut(m)).enumerate() {
@@ -238,7 +280,7 @@ impl<T: Float> Layer<T> for LayerNorm {
         let m = self.m;
         let dw = dp[0];
         let db = if self.bias { dp[1] } else { None };
-        let xh = dw.map(|_| self.normalize(c.x).0);
+        let xh = dw.map(|_| self.xhat_s(c).0);
         for (t, o) in dy.chunks_exact_mut(m).enumerate() {
             let kk = (t / self.rows) % k;
             if let (Some(dw), Some(xh)) = (dw, &xh) {
@@ -254,7 +296,7 @@ impl<T: Float> Layer<T> for LayerNorm {
     fn vjp_input(&self, c: &Ctx<T>, g: &[T], k: usize) -> Vec<T> {
         let m = self.m;
         let inv_m = T::one() / T::of(m as f64);
-        let (xh, s) = self.normalize(c.x);
+        let (xh, s) = self.xhat_s(c);
         let w = self.weight(c.p);
         let mut out = vec![T::zero(); g.len()];
         let mut gh = vec![T::zero(); m];
@@ -271,7 +313,7 @@ impl<T: Float> Layer<T> for LayerNorm {
             return;
         }
         let m = self.m;
-        let xh = out[0].is_some().then(|| self.normalize(c.x).0);
+        let xh = out[0].is_some().then(|| self.xhat_s(c).0);
         for (t, gr) in g.chunks_exact(m).enumerate() {
             let kk = (t / self.rows) % k;
             if let (Some(gw), Some(xh)) = (out[0].as_deref_mut(), &xh) {
@@ -291,7 +333,7 @@ impl<T: Float> Layer<T> for LayerNorm {
             return;
         }
         let m = self.m;
-        let xh = out[0].is_some().then(|| self.normalize(c.x).0);
+        let xh = out[0].is_some().then(|| self.xhat_s(c).0);
         for o in out.iter_mut().flatten() {
             o.fill(T::zero());
         }
@@ -327,7 +369,7 @@ impl<T: Float> Layer<T> for LayerNorm {
     ) -> Option<Vec<T>> {
         let m = self.m;
         let inv_m = T::one() / T::of(m as f64);
-        let (xh, s) = self.normalize(c.x);
+        let (xh, s) = self.xhat_s(c);
         let w = self.weight(c.p);
         let dw = if self.affine { dp[0] } else { None };
         let want_w = self.affine && rgrad[0].is_some();
@@ -353,54 +395,60 @@ impl<T: Float> Layer<T> for LayerNorm {
         let mut out = if want_input { vec![T::zero(); rg.len()] } else { Vec::new() };
         let mut rgh = vec![T::zero(); m];
         let mut dxh = vec![T::zero(); m];
-        for (t, rgr) in rg.chunks_exact(m).enumerate() {
-            let pr = self.prow(t, k);
-            let kk = (t / self.rows) % k;
-            let xr = &xh[pr * m..(pr + 1) * m];
-            let gr = &g[pr * m..(pr + 1) * m];
-            let sr = s[pr];
-            // R(x̂) and a = s mean(x̂ ⊙ R(x)) = −R(s)/s
-            let a = match rx {
-                Some(rx) => {
-                    let rr = &rx[t * m..(t + 1) * m];
-                    let a = sr * ops::dot(xr, rr) * inv_m;
-                    project(rr, xr, sr, inv_m, &mut dxh);
-                    Some(a)
-                }
-                None => None,
-            };
-            if want_input {
-                // R(ĝ) = R(g) ⊙ w + g ⊙ dw
-                times_w(rgr, w, &mut rgh);
-                if let Some(dw) = dw {
-                    add_prod(gr, &dw[kk * m..(kk + 1) * m], &mut rgh);
-                }
-                let o = &mut out[t * m..(t + 1) * m];
-                project(&rgh, xr, sr, inv_m, o);
-                if let Some(a) = a {
-                    let sl = pr * m..(pr + 1) * m;
-                    let gamma = ops::dot(&gh0[sl.clone()], &dxh) * inv_m;
-                    let (b, gx) = (beta[pr], &gx0[sl]);
-                    for (((ov, &gxv), &dv), &xv) in o.iter_mut().zip(gx).zip(&dxh).zip(xr) {
-                        *ov -= a * gxv + sr * (dv * b + xv * gamma);
+        with_simd(
+            #[inline(always)]
+            || {
+                for (t, rgr) in rg.chunks_exact(m).enumerate() {
+                    let pr = self.prow(t, k);
+                    let kk = (t / self.rows) % k;
+                    let xr = &xh[pr * m..(pr + 1) * m];
+                    // the primal cotangent is read only with R(x) or dw (empty otherwise)
+                    let gr = g.get(pr * m..(pr + 1) * m).unwrap_or(&[]);
+                    let sr = s[pr];
+                    // R(x̂) and a = s mean(x̂ ⊙ R(x)) = −R(s)/s
+                    let a = match rx {
+                        Some(rx) => {
+                            let rr = &rx[t * m..(t + 1) * m];
+                            let a = sr * ops::dot(xr, rr) * inv_m;
+                            project(rr, xr, sr, inv_m, &mut dxh);
+                            Some(a)
+                        }
+                        None => None,
+                    };
+                    if want_input {
+                        // R(ĝ) = R(g) ⊙ w + g ⊙ dw
+                        times_w(rgr, w, &mut rgh);
+                        if let Some(dw) = dw {
+                            add_prod(gr, &dw[kk * m..(kk + 1) * m], &mut rgh);
+                        }
+                        let o = &mut out[t * m..(t + 1) * m];
+                        project(&rgh, xr, sr, inv_m, o);
+                        if let Some(a) = a {
+                            let sl = pr * m..(pr + 1) * m;
+                            let gamma = ops::dot(&gh0[sl.clone()], &dxh) * inv_m;
+                            let (b, gx) = (beta[pr], &gx0[sl]);
+                            for (((ov, &gxv), &dv), &xv) in o.iter_mut().zip(gx).zip(&dxh).zip(xr) {
+                                *ov -= a * gxv + sr * (dv * b + xv * gamma);
+                            }
+                        }
+                    }
+                    if want_w {
+                        if let Some(gw) = rgrad[0].as_deref_mut() {
+                            let dst = &mut gw[kk * m..(kk + 1) * m];
+                            add_prod(rgr, xr, dst);
+                            if a.is_some() {
+                                add_prod(gr, &dxh, dst);
+                            }
+                        }
+                    }
+                    if want_b {
+                        if let Some(gb) = rgrad[1].as_deref_mut() {
+                            ops::axpy(T::one(), rgr, &mut gb[kk * m..(kk + 1) * m]);
+                        }
                     }
                 }
-            }
-            if want_w {
-                if let Some(gw) = rgrad[0].as_deref_mut() {
-                    let dst = &mut gw[kk * m..(kk + 1) * m];
-                    add_prod(rgr, xr, dst);
-                    if a.is_some() {
-                        add_prod(gr, &dxh, dst);
-                    }
-                }
-            }
-            if want_b {
-                if let Some(gb) = rgrad[1].as_deref_mut() {
-                    ops::axpy(T::one(), rgr, &mut gb[kk * m..(kk + 1) * m]);
-                }
-            }
-        }
+            },
+        );
         want_input.then_some(out)
     }
 }

@@ -21,6 +21,8 @@
 //!   ones): `R(G_x) = R(G) Mᵀ + G dMᵀ`, `R(∇M) = Xᵀ R(G) + R(X)ᵀ G`, `R(∇b) = Σ R(G)`.
 
 use super::{Aux, Ctx, Layer, ParamIn, ParamOut, ParamSpec};
+use super::{GradFactorShape, GradFactors, GramFeatures};
+use super::{KfacLayout, KfacMap};
 use curvops_tensor::gemm::gemm_new;
 use curvops_tensor::{gemm, ops, Float, Trans};
 use std::borrow::Cow;
@@ -170,6 +172,29 @@ impl<T: Float> Layer<T> for Linear {
             v.push(ParamSpec { name: "bias", shape: vec![self.out_f] });
         }
         v
+    }
+
+    /// One map: the `R` rows of a sample are the positions sharing `W` (`[out, in]`, or stored
+    /// `[in, out]` when transposed); inputs are the input rows `[N, R, in]`, output cotangents
+    /// the node's own `[N, K, R, out]`.
+    fn kfac_maps(&self) -> Vec<KfacMap> {
+        vec![KfacMap {
+            name: "",
+            weight: 0,
+            bias: self.bias.then_some(1),
+            out: self.out_f,
+            inp: self.in_f,
+            positions: self.rows,
+            transposed: self.transposed,
+            layout: KfacLayout::Rows,
+            one_hot: false,
+        }]
+    }
+    fn kfac_inputs<'a>(&self, c: &Ctx<'a, T>, _map: usize) -> Cow<'a, [T]> {
+        Cow::Borrowed(c.x)
+    }
+    fn kfac_output_cotangents<'g>(&self, _c: &Ctx<T>, _map: usize, g: &'g [T], _k: usize) -> Cow<'g, [T]> {
+        Cow::Borrowed(g)
     }
 
     fn forward(&self, p: &[T], x: &[T], n: usize) -> (Vec<T>, Aux<T>) {
@@ -360,6 +385,82 @@ impl<T: Float> Layer<T> for Linear {
         }
         Some(rgx)
     }
+
+    /// `R = 1`: the per-sample gradients are rank one, `∇W = g xᵀ`, so `Σ_k w (∇W)² = q (x²)ᵀ`
+    /// with `q_n = Σ_k w_nk g_nk²`, and over the batch one GEMM `Qᵀ X²` (`∇b`: `Σ_n q_n`).
+    /// `R > 1`: `∇W = Σ_r g_r x_rᵀ` does not factor after squaring; the per-sample gradients are
+    /// formed for chunks of samples (`[chunk, K, size]`) and squared.
+    fn sq_grad_diag(&self, c: &Ctx<T>, g: &[T], k: usize, w: &[T], out: &mut ParamOut<T>) {
+        let (i, o, n, r) = (self.in_f, self.out_f, c.n, self.rows);
+        if r > 1 {
+            let per = k * (i * o + o);
+            let chunk = ((1usize << 20) / per.max(1)).clamp(1, n.max(1));
+            for s0 in (0..n).step_by(chunk) {
+                let m = chunk.min(n - s0);
+                let xs = [&c.x[s0 * r * i..(s0 + m) * r * i]];
+                let cs = Ctx { p: c.p, x: xs[0], xs: &xs, y: &c.y[s0 * r * o..(s0 + m) * r * o], aux: c.aux, n: m };
+                let gs = &g[s0 * k * r * o..(s0 + m) * k * r * o];
+                super::sq_grad_diag_per_sample(self, &cs, gs, k, &w[s0 * k..(s0 + m) * k], out);
+            }
+            return;
+        }
+        let want_b = self.bias && out.get(1).is_some_and(Option::is_some);
+        let mut q = vec![T::zero(); n * o];
+        for s in 0..n {
+            for kk in 0..k {
+                let wv = w[s * k + kk];
+                let row = &g[(s * k + kk) * o..(s * k + kk + 1) * o];
+                for (d, v) in q[s * o..(s + 1) * o].iter_mut().zip(row) {
+                    *d += wv * *v * *v;
+                }
+            }
+        }
+        if let Some(gw) = out[0].as_deref_mut() {
+            let x2: Vec<T> = c.x.iter().map(|v| *v * *v).collect();
+            if self.transposed {
+                gemm(i, o, n, T::one(), &x2, i, Trans::T, &q, o, Trans::N, T::one(), gw, o);
+            } else {
+                gemm(o, i, n, T::one(), &q, o, Trans::T, &x2, i, Trans::N, T::one(), gw, i);
+            }
+        }
+        if want_b {
+            if let Some(gb) = out[1].as_deref_mut() {
+                ops::sum_rows_into(&q, n, o, T::one(), gb);
+            }
+        }
+    }
+
+    fn grad_factor_shape(&self) -> Option<GradFactorShape> {
+        Some(GradFactorShape { groups: 1, j: self.in_f, o: self.out_f, l: self.rows })
+    }
+
+    /// Factored: `U_n = X_nᵀ` (`[in, R]`), `G_a = g_aᵀ` (`[out, R]`).
+    fn gram_features(&self, c: &Ctx<T>, g: &[T], k: usize, factored: bool, want: &[bool]) -> GramFeatures<T> {
+        if !factored {
+            return super::per_sample_gram_features(self, c, g, k, want);
+        }
+        let (i, o, n, r) = (self.in_f, self.out_f, c.n, self.rows);
+        let u = if want.first().copied().unwrap_or(false) { transpose_blocks(c.x, n, r, i) } else { Vec::new() };
+        let g = transpose_blocks(g, n * k, r, o);
+        GramFeatures::Factored(GradFactors { shape: GradFactorShape { groups: 1, j: i, o, l: r }, u, g })
+    }
+}
+
+/// `[B, R, F]` → `[B, F, R]` (a copy; no reordering for `R = 1`).
+fn transpose_blocks<T: Float>(v: &[T], b: usize, r: usize, f: usize) -> Vec<T> {
+    if r == 1 {
+        return v[..b * f].to_vec();
+    }
+    let mut out = vec![T::zero(); b * r * f];
+    for blk in 0..b {
+        let (src, dst) = (&v[blk * r * f..(blk + 1) * r * f], &mut out[blk * r * f..(blk + 1) * r * f]);
+        for rr in 0..r {
+            for ff in 0..f {
+                dst[ff * r + rr] = src[rr * f + ff];
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

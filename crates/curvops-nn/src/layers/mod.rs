@@ -84,6 +84,51 @@ impl<T> Aux<T> {
     }
 }
 
+/// How a layer's KFAC inputs and output cotangents are laid out per sample (`R` positions,
+/// `F` features).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KfacLayout {
+    /// `[R, F]`: one row per position (linear layers, attention projections, embeddings).
+    Rows,
+    /// `[F, R]`: one column per position (a convolution's unfolded patches and output maps).
+    Columns,
+}
+
+/// A linear map inside a layer that KFAC approximates by Kronecker factors (Martens & Grosse
+/// 2015; Grosse & Martens 2016 for shared weights).
+///
+/// Per sample the map sends `R` input vectors `a_r ∈ ℝ^in` (the positions sharing the weight:
+/// tokens, convolution patches; `R = 1` for a plain linear layer) to `y_r = W a_r + b ∈ ℝ^out`,
+/// where `W` is `[out, in]` (stored row-major as `[out, in]`, or as `[in, out]` when
+/// `transposed`) and `b` an optional bias. For cotangents `g_r = ∂/∂y_r` (from
+/// [`Layer::kfac_output_cotangents`]) the per-sample gradients are `∇W = Σ_r g_r a_rᵀ` and
+/// `∇b = Σ_r g_r`, which is what the factors `A = E[a aᵀ]`, `B = E[g gᵀ]` summarize.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KfacMap {
+    /// Name of the map within the layer (`""` for a layer with one map; `"in_proj"`,
+    /// `"out_proj"` for attention).
+    pub name: &'static str,
+    /// Index of the weight in [`Layer::params`].
+    pub weight: usize,
+    /// Index of the bias in [`Layer::params`], if any.
+    pub bias: Option<usize>,
+    /// Output features `out` (rows of `W`).
+    pub out: usize,
+    /// Input features `in` (columns of `W`).
+    pub inp: usize,
+    /// Positions `R` per sample sharing the weight.
+    pub positions: usize,
+    /// Whether the weight tensor is stored `[in, out]` (Hugging Face `Conv1D`, an embedding
+    /// table) rather than `[out, in]`.
+    pub transposed: bool,
+    /// Per-sample layout of the inputs and output cotangents.
+    pub layout: KfacLayout,
+    /// The inputs are one-hot vectors given as ids in `[0, in)` (an embedding lookup
+    /// `y_r = W e_{id_r}`): [`Layer::kfac_inputs`] returns the ids `[N, R]`, and the input
+    /// factor `1/(N·R) Σ e_id e_idᵀ` is diagonal (the id counts).
+    pub one_hot: bool,
+}
+
 /// A layer's forward pass on a batch, as its rules see it.
 #[derive(Clone, Copy)]
 pub struct Ctx<'a, T> {
@@ -134,6 +179,28 @@ pub trait Layer<T: Float>: Send + Sync + std::fmt::Debug {
     /// exclusive upper bound of valid ids; the loader checks the data against it.
     fn int_input_bound(&self) -> Option<usize> {
         None
+    }
+    /// What training with this node differs in from PyTorch's training mode, if anything (the
+    /// engine always runs evaluation mode: batch norm keeps its running statistics, dropout
+    /// is the identity); `train` warns with it.
+    fn training_note(&self) -> Option<&'static str> {
+        None
+    }
+    /// The Kronecker-factored linear maps of the layer (KFAC, see [`KfacMap`]); none by default.
+    fn kfac_maps(&self) -> Vec<KfacMap> {
+        Vec::new()
+    }
+    /// The inputs `a` of map `map` on a batch: `[N, R, in]` ([`KfacLayout::Rows`]) or
+    /// `[N, in, R]` ([`KfacLayout::Columns`]); for a [`KfacMap::one_hot`] map the ids `[N, R]`.
+    fn kfac_inputs<'a>(&self, c: &Ctx<'a, T>, map: usize) -> std::borrow::Cow<'a, [T]> {
+        let _ = c;
+        panic!("{}: no Kronecker-factored map {map}", self.kind())
+    }
+    /// The cotangents `∂/∂y_r` at map `map`'s outputs (`y_r = W a_r + b`) for `K` cotangents `g`
+    /// at the node's output (`[N, K, O]`): `[N, K, R, out]` (rows) or `[N, K, out, R]` (columns).
+    fn kfac_output_cotangents<'g>(&self, c: &Ctx<T>, map: usize, g: &'g [T], k: usize) -> std::borrow::Cow<'g, [T]> {
+        let _ = (c, g, k);
+        panic!("{}: no Kronecker-factored map {map}", self.kind())
     }
     /// Parameter tensors in state-dict order (empty for parameter-free layers).
     fn params(&self) -> Vec<ParamSpec> {
@@ -206,6 +273,152 @@ pub trait Layer<T: Float>: Send + Sync + std::fmt::Debug {
         rgrad: &mut ParamOut<T>,
         want_input: bool,
     ) -> Option<Vec<T>>;
+
+    // Curvature rules built on the derivative rules (exact diagonals, ViViT's Gram matrices).
+    // The defaults use `vjp_param_per_sample`; layers with structure override them.
+
+    /// Squared-gradient diagonal: for `K` output cotangents `g` (`[N, K, O]`) with weights `w`
+    /// (`[N, K]`), `out_t += Σ_{n,k} w_{nk} ((∂y_n/∂θ_t)ᵀ g_{nk})²` (elementwise square) for each
+    /// wanted tensor `t` (`[size_t]`). Summed over the network's layers with the right
+    /// cotangents this is every exact diagonal of `curvops::diag` (GGN: the loss-Hessian factor's
+    /// columns; EF: the loss gradients; …). Default: the squares of
+    /// [`Layer::vjp_param_per_sample`] (memory `N·K·size_t`).
+    fn sq_grad_diag(&self, c: &Ctx<T>, g: &[T], k: usize, w: &[T], out: &mut ParamOut<T>) {
+        sq_grad_diag_per_sample(self, c, g, k, w, out);
+    }
+
+    /// Whether the per-sample parameter gradients factor into per-sample inputs and output
+    /// cotangents (see [`GradFactorShape`]; role 0 is then the weight, role 1 the bias if any).
+    /// `None` (default) for layers whose per-sample gradients have no such form.
+    fn grad_factor_shape(&self) -> Option<GradFactorShape> {
+        None
+    }
+
+    /// ViViT's Gram features for `K` output cotangents `g` (`[N, K, O]`): what the Gram matrix
+    /// `G̃[a, b] = Σ_t ⟨∇θ_t(a), ∇θ_t(b)⟩` of the per-sample gradients `∇θ_t(a) = (∂y_n/∂θ_t)ᵀ g_a`
+    /// (`a = (n, k)`) over the wanted tensors is computed from. With `factored` and a
+    /// [`Layer::grad_factor_shape`], [`GramFeatures::Factored`] (the factors `U` — only when
+    /// the weight is wanted — and `G`, never the gradients); otherwise (default)
+    /// [`GramFeatures::PerSample`], the per-sample gradients of the wanted tensors.
+    fn gram_features(&self, c: &Ctx<T>, g: &[T], k: usize, factored: bool, want: &[bool]) -> GramFeatures<T> {
+        let _ = factored;
+        per_sample_gram_features(self, c, g, k, want)
+    }
+
+    /// For a node with one input whose second derivatives in that input form a diagonal
+    /// (`∂²y_o/∂x_i∂x_j = 0` for `i ≠ j`, e.g. elementwise activations) and no parameters: the
+    /// diagonal `d[n, i] = Σ_o g_{n,o} ∂²y_{n,o}/∂x_{n,i}²` for the primal output cotangent `g`
+    /// (`[N, O]`) — the node's contribution to the Hessian with respect to its input beyond
+    /// `Jᵀ H_y J`. `None` (default) for every other node; callers ask only nodes that have
+    /// second derivatives in their input (`hvp_needs_g(true, false, true)`). Whether it is
+    /// `Some` must not depend on the data (callers ask once with an empty batch, `n = 0`).
+    fn input_hessian_diag(&self, c: &Ctx<T>, g: &[T]) -> Option<Vec<T>> {
+        let _ = (c, g);
+        None
+    }
+}
+
+/// How a layer's per-sample parameter gradients factor ([`Layer::grad_factor_shape`]): per
+/// channel group `γ` (`groups` of them), the weight gradient for an output cotangent `g_a` of
+/// sample `n` is `G_{a,γ} U_{n,γ}ᵀ` (`[o, j]`, up to a fixed permutation of the weight's
+/// entries, which leaves inner products unchanged), with `U_{n,γ}` (`[j, l]`) the sample's
+/// input at the `l` positions that share the weight and `G_{a,γ}` (`[o, l]`) the cotangent at
+/// those positions; the bias gradient is `G_a 1_l` (`[groups·o]`).
+///
+/// * linear on `[R, in]` inputs: one group, `j = in`, `o = out`, `l = R` (`U_n = X_nᵀ`,
+///   `G_a = g_aᵀ`; a transposed weight is the permutation);
+/// * conv2d: `groups`, `j = C/G·kh·kw`, `o = O/G`, `l` = output positions, `U_n` = the
+///   unfolded input.
+///
+/// Then `⟨∇W(a), ∇W(b)⟩ = Σ_γ ⟨G_{a,γ} U_{n_a,γ}ᵀ U_{n_b,γ}, G_{b,γ}⟩` needs only `l × l`
+/// input Grams, and for `l = 1` it is `(g_aᵀ g_b)(u_{n_a}ᵀ u_{n_b})`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GradFactorShape {
+    /// Channel groups.
+    pub groups: usize,
+    /// Input rows per group.
+    pub j: usize,
+    /// Outputs per group.
+    pub o: usize,
+    /// Positions that share the weight.
+    pub l: usize,
+}
+
+/// The factors of [`GradFactorShape`] for a batch of `N` samples with `K` cotangents each.
+#[derive(Clone, Debug)]
+pub struct GradFactors<T> {
+    /// The shape.
+    pub shape: GradFactorShape,
+    /// `U`: `[N, groups·j, l]` (empty when the weight is not wanted).
+    pub u: Vec<T>,
+    /// `G`: `[N·K, groups·o, l]`.
+    pub g: Vec<T>,
+}
+
+/// What a layer contributes to ViViT's Gram matrix ([`Layer::gram_features`]).
+#[derive(Clone, Debug)]
+pub enum GramFeatures<T> {
+    /// Per-sample inputs and output cotangents.
+    Factored(GradFactors<T>),
+    /// Per role: the per-sample gradients `[N·K, size]` (`None` where not wanted).
+    PerSample(Vec<Option<Vec<T>>>),
+}
+
+/// [`GramFeatures::PerSample`] from [`Layer::vjp_param_per_sample`] (the default of
+/// [`Layer::gram_features`]).
+pub fn per_sample_gram_features<T: Float, L: Layer<T> + ?Sized>(
+    layer: &L,
+    c: &Ctx<T>,
+    g: &[T],
+    k: usize,
+    want: &[bool],
+) -> GramFeatures<T> {
+    let specs = layer.params();
+    let mut bufs: Vec<Option<Vec<T>>> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| want.get(i).copied().unwrap_or(false).then(|| vec![T::zero(); c.n * k * s.len()]))
+        .collect();
+    {
+        let mut views: Vec<Option<&mut [T]>> = bufs.iter_mut().map(|b| b.as_deref_mut()).collect();
+        layer.vjp_param_per_sample(c, g, k, &mut views);
+    }
+    GramFeatures::PerSample(bufs)
+}
+
+/// The default of [`Layer::sq_grad_diag`]: the weighted squares of
+/// [`Layer::vjp_param_per_sample`].
+pub fn sq_grad_diag_per_sample<T: Float, L: Layer<T> + ?Sized>(
+    layer: &L,
+    c: &Ctx<T>,
+    g: &[T],
+    k: usize,
+    w: &[T],
+    out: &mut ParamOut<T>,
+) {
+    let want: Vec<bool> = out.iter().map(Option::is_some).collect();
+    let GramFeatures::PerSample(bufs) = per_sample_gram_features(layer, c, g, k, &want) else { unreachable!() };
+    for (b, o) in bufs.iter().zip(out.iter_mut()) {
+        if let (Some(b), Some(o)) = (b, o.as_deref_mut()) {
+            add_weighted_squares(b, w, o);
+        }
+    }
+}
+
+/// `out += Σ_r w_r rows_r²` (elementwise) for rows `[R, len]` of length `out.len()`.
+pub fn add_weighted_squares<T: Float>(rows: &[T], w: &[T], out: &mut [T]) {
+    let len = out.len();
+    if len == 0 {
+        return;
+    }
+    for (row, &wv) in rows.chunks_exact(len).zip(w) {
+        if wv == T::zero() {
+            continue;
+        }
+        for (d, &v) in out.iter_mut().zip(row) {
+            *d += wv * v * v;
+        }
+    }
 }
 
 /// `x[n, k, :] *= d[n, :]` style helper: `out[n,k,i] = d[n,i] · v[n,k,i]`.

@@ -97,6 +97,9 @@ impl<T: Float> Layer<T> for Identity {
     fn kind(&self) -> &'static str {
         self.kind
     }
+    fn training_note(&self) -> Option<&'static str> {
+        (self.kind == "dropout").then_some("dropout is the identity during training (evaluation mode)")
+    }
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

@@ -138,7 +138,7 @@ impl Add {
     fn apply<T: Float>(&self, xs: &[Option<&[T]>], rows: usize) -> Option<Vec<T>> {
         let first = xs.iter().position(Option::is_some)?;
         let mut y = match (&self.maps[first], xs[first]) {
-            (None, Some(x)) => x.to_vec(),
+            (None, Some(x)) => ops::to_vec(x),
             _ => {
                 let mut y = vec![T::zero(); rows * self.out_size_()];
                 self.add_into(first, xs[first].unwrap_or(&[]), &mut y);
@@ -156,7 +156,7 @@ impl Add {
     /// `A_iᵀ g` on `rows` rows: `g` summed over the axes input `i` is broadcast along.
     fn adjoint<T: Float>(&self, i: usize, g: &[T], rows: usize) -> Vec<T> {
         match &self.maps[i] {
-            None => g.to_vec(),
+            None => ops::to_vec(g),
             Some(m) => {
                 let (o, s) = (self.out_size_(), self.sizes[i]);
                 let mut gx = vec![T::zero(); rows * s];

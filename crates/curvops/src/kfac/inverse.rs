@@ -93,7 +93,7 @@ impl<T: Float> KfacInverse<T> {
                             .collect::<Result<Vec<T>, _>>()?;
                         Ok(SlotMap::Eigen { ql: ql.clone(), qr: qr.clone(), values: inv })
                     }
-                    SlotMap::Kron { .. } => unreachable!("eigen operator"),
+                    SlotMap::Kron { .. } | SlotMap::KronSum { .. } => unreachable!("eigen operator"),
                 })
                 .collect::<Result<Vec<_>, KfacError>>()?;
             return Ok(Self { op: SlotOp { dim: eig.dim, slots: eig.slots.clone(), maps }, what });
@@ -110,19 +110,31 @@ impl<T: Float> KfacInverse<T> {
             };
             inv_factors.push((b_inv, a_inv));
         }
-        let maps = k
-            .slots()
-            .iter()
-            .map(|s| {
-                let (b, a) = &inv_factors[s.layer];
-                SlotMap::Kron {
-                    left: b.clone(),
-                    right: if s.with_a() { a.clone() } else { None },
-                    left_rows: None,
-                    right_rows: None,
+        let nl = f.layers.len();
+        let mut maps = Vec::with_capacity(k.slots().len());
+        for s in k.slots() {
+            if s.layer >= nl {
+                // a tied block is no single Kronecker product: exact damping in every mode
+                let (vals, q) = k.tied_eigh(s.layer - nl)?;
+                let mut inv = Vec::with_capacity(vals.len());
+                for &v in vals {
+                    let x = v + T::of(damping);
+                    if x == T::zero() {
+                        return Err(LinalgError::Singular(format!("{what}: eigenvalue + damping is 0")).into());
+                    }
+                    inv.push(x.recip());
                 }
-            })
-            .collect();
+                maps.push(SlotMap::Eigen { ql: q.clone(), qr: None, values: inv });
+                continue;
+            }
+            let (b, a) = &inv_factors[s.layer];
+            maps.push(SlotMap::Kron {
+                left: b.clone(),
+                right: if s.with_a() { a.clone() } else { None },
+                left_rows: None,
+                right_rows: None,
+            });
+        }
         Ok(Self { op: SlotOp { dim: f.dim, slots: k.slots().to_vec(), maps }, what })
     }
 
@@ -131,7 +143,7 @@ impl<T: Float> KfacInverse<T> {
     pub fn of_ekfac(e: &Ekfac<T>, damping: f64, mode: DampingMode) -> Result<Self, KfacError> {
         if mode != DampingMode::Exact {
             return Err(KfacError::Unsupported(format!(
-                "EKFAC's inverse supports exact damping only (got --kfac-damping {})",
+                "EKFAC's inverse supports exact damping only (got damping mode {})",
                 mode.name()
             )));
         }
@@ -168,8 +180,9 @@ impl<T: Float> LinearOperator<T> for KfacInverse<T> {
     fn describe(&self) -> String {
         self.what.clone()
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         self.op.apply(out, rhs);
+        Ok(())
     }
     fn diagonal(&self) -> Result<Vec<T>, LinalgError> {
         Ok(self.op.diagonal())

@@ -2,27 +2,32 @@
 //! reused without a data pass.
 //!
 //! # File format
-//! A safetensors file (dtype of the computation, f32 or f64) with, for each network layer `l`
-//! that has an active parameter (`l` = the layer's index in `model.json`, as in the state-dict
-//! keys `"{l}.weight"`):
+//! A safetensors file (dtype of the computation, f32 or f64) with, for each block of
+//! [`KfacFactors::layers`] (`{key}` = [`super::LayerFactors::key`]: the node's name, e.g. `3` in
+//! a `layers` chain or `blocks.0.mlp.fc`, with `.in_proj` / `.out_proj` for attention; the
+//! tensor's name for a dense block):
 //!
 //! | key | shape | meaning |
 //! |---|---|---|
-//! | `{l}.A` | `[in, in]` (`[in+1, in+1]` joint) | input factor; absent without an active weight |
-//! | `{l}.B` | `[out, out]` | gradient factor |
-//! | `{l}.U_A`, `{l}.U_B` | `[r, dim]` | optional low-rank factors with `A = U_Aᵀ U_A`, `B = U_Bᵀ U_B` (written when the fit kept them: fewer data rows than half the dimension; used for faster products) |
-//! | `{l}.Q_A`, `{l}.Q_B` | as `A`, `B` | EKFAC only: eigenvectors (columns) of `A`, `B` |
-//! | `{l}.E_weight` / `{l}.E_bias` / `{l}.E_joint` | `[out, in]` / `[out]` / `[out, in+1]` | EKFAC only: corrected eigenvalues |
+//! | `{key}.A` | `[in, in]` (`[in+1, in+1]` joint) | input factor; absent without an active weight |
+//! | `{key}.B` | `[out, out]` | gradient factor (a dense block: the `D_t × D_t` block) |
+//! | `{key}.U_A`, `{key}.U_B` | `[r, dim]` | optional low-rank factors with `A = U_Aᵀ U_A`, `B = U_Bᵀ U_B` (written when the fit kept them: fewer data rows than half the dimension; used for faster products) |
+//! | `{key}.Q_A`, `{key}.Q_B` | as `A`, `B` | EKFAC only: eigenvectors (columns) of `A`, `B` |
+//! | `{key}.E_weight` / `{key}.E_bias` / `{key}.E_joint` | `[out, in]` / `[out]` / `[out, in+1]` | EKFAC only: corrected eigenvalues (a dense block: its eigenvalues, `E_bias`) |
 //!
-//! and string metadata: `format = "curvops-kfac"`, `version = "1"`, `kind` (`kfac` | `ekfac`),
-//! `fisher`, `mc_samples`, `seed`, `kfac_approx`, `joint_bias` (`true` | `false`),
-//! `params` (the active parameters' state-dict names, comma separated), `n_data`, `dim`.
-//! Loading checks that the file fits the problem and the active parameters.
+//! and for each tied tensor `{name}` its uses `{name}.use{u}.A` (absent for a bias) and
+//! `{name}.use{u}.B`, in node order, and for EKFAC `{name}.Q` and `{name}.E` (the
+//! eigendecomposition of the summed block). String metadata: `format = "curvops-kfac"`,
+//! `version = "1"`, `kind` (`kfac` | `ekfac`), `fisher`, `mc_samples`, `seed`, `kfac_approx`,
+//! `joint_bias` (`true` | `false`), `params` (the active parameters' state-dict names, comma
+//! separated), `n_data`, `dim`. Loading checks that the file fits the problem and the active
+//! parameters.
 
 use super::ekfac::{Ekfac, LayerBases};
-use super::factors::{plan_layers, KfacFactors, LayerFactors};
+use super::factors::{dense_layer, KfacFactors, LayerFactors, TiedFactors, TiedUse};
 use super::kernels::{mat_from_rows, mat_to_rows};
 use super::operator::Kfac;
+use super::plan::{structure, Block};
 use super::slots::slots_of;
 use super::{FisherType, KfacApprox, KfacError, KfacOptions};
 use crate::Problem;
@@ -69,12 +74,14 @@ fn metadata<T: Float>(kind: &str, f: &KfacFactors<T>, active_names: &[String]) -
 }
 
 fn names_of<T: Float>(f: &KfacFactors<T>) -> Vec<String> {
-    let mut v = Vec::new();
+    let mut v: Vec<(usize, String)> = Vec::new();
     for l in &f.layers {
-        v.extend(l.weight.iter().map(|p| p.name.clone()));
-        v.extend(l.bias.iter().map(|p| p.name.clone()));
+        v.extend(l.weight.iter().map(|p| (p.offset, p.name.clone())));
+        v.extend(l.bias.iter().map(|p| (p.offset, p.name.clone())));
     }
-    v
+    v.extend(f.tied.iter().map(|t| (t.param.offset, t.param.name.clone())));
+    v.sort();
+    v.into_iter().map(|(_, n)| n).collect()
 }
 
 fn write<T: Float>(
@@ -110,13 +117,22 @@ fn factor_tensors<T: Float>(f: &KfacFactors<T>) -> Vec<(String, Vec<usize>, Vec<
     let mut t = Vec::new();
     for l in &f.layers {
         if let Some(a) = &l.a {
-            t.push((format!("{}.A", l.layer), vec![a.nrows(), a.ncols()], mat_to_rows(a.as_ref())));
+            t.push((format!("{}.A", l.key), vec![a.nrows(), a.ncols()], mat_to_rows(a.as_ref())));
         }
-        t.push((format!("{}.B", l.layer), vec![l.out, l.out], mat_to_rows(l.b.as_ref())));
+        t.push((format!("{}.B", l.key), vec![l.out, l.out], mat_to_rows(l.b.as_ref())));
         for (key, rows) in [("U_A", &l.a_rows), ("U_B", &l.b_rows)] {
             if let Some(u) = rows {
-                t.push((format!("{}.{key}", l.layer), vec![u.nrows(), u.ncols()], mat_to_rows(u.as_ref())));
+                t.push((format!("{}.{key}", l.key), vec![u.nrows(), u.ncols()], mat_to_rows(u.as_ref())));
             }
+        }
+    }
+    for tf in &f.tied {
+        for (u, us) in tf.uses.iter().enumerate() {
+            let name = &tf.param.name;
+            if let Some(a) = &us.a {
+                t.push((format!("{name}.use{u}.A"), vec![a.nrows(), a.ncols()], mat_to_rows(a.as_ref())));
+            }
+            t.push((format!("{name}.use{u}.B"), vec![us.b.nrows(), us.b.ncols()], mat_to_rows(us.b.as_ref())));
         }
     }
     t
@@ -132,22 +148,44 @@ pub fn save_kfac<T: Float>(path: &Path, k: &Kfac<T>) -> Result<(), KfacError> {
 pub fn save_ekfac<T: Float>(path: &Path, e: &Ekfac<T>) -> Result<(), KfacError> {
     let f = e.factors();
     let mut t = factor_tensors(f);
-    for (l, (qa, qb)) in f.layers.iter().zip(e.bases()) {
-        if let Some(qa) = qa {
-            t.push((format!("{}.Q_A", l.layer), vec![qa.nrows(), qa.ncols()], mat_to_rows(qa.as_ref().as_ref())));
+    let nl = f.layers.len();
+    for (i, (qa, qb)) in e.bases().iter().enumerate() {
+        let q = |m: &Mat<T>| (vec![m.nrows(), m.ncols()], mat_to_rows(m.as_ref()));
+        match f.layers.get(i) {
+            Some(l) => {
+                if let Some(qa) = qa {
+                    let (sh, v) = q(qa);
+                    t.push((format!("{}.Q_A", l.key), sh, v));
+                }
+                let (sh, v) = q(qb);
+                t.push((format!("{}.Q_B", l.key), sh, v));
+            }
+            None => {
+                let (sh, v) = q(qb);
+                t.push((format!("{}.Q", f.tied[i - nl].param.name), sh, v));
+            }
         }
-        t.push((format!("{}.Q_B", l.layer), vec![qb.nrows(), qb.ncols()], mat_to_rows(qb.as_ref().as_ref())));
     }
-    for (s, v) in slots_of(&f.layers).iter().zip(e.eigenvalues()) {
-        let l = f.layers[s.layer].layer;
-        let (key, shape) = match (s.w_off, s.b_off) {
-            (Some(_), Some(_)) => ("E_joint", vec![s.out, s.cols()]),
-            (Some(_), None) => ("E_weight", vec![s.out, s.cols()]),
-            _ => ("E_bias", vec![s.out]),
-        };
-        t.push((format!("{l}.{key}"), shape, v.to_vec()));
+    for (s, v) in slots_of(f).iter().zip(e.eigenvalues()) {
+        let (name, shape) = eigenvalue_key(f, s);
+        t.push((name, shape, v.to_vec()));
     }
     write(path, t, metadata("ekfac", f, &names_of(f)))
+}
+
+/// The key and shape of a slot's EKFAC eigenvalues.
+fn eigenvalue_key<T: Float>(f: &KfacFactors<T>, s: &super::slots::Slot) -> (String, Vec<usize>) {
+    match f.layers.get(s.layer) {
+        None => (format!("{}.E", f.tied[s.layer - f.layers.len()].param.name), vec![s.out]),
+        Some(l) => {
+            let (key, shape) = match (s.w_off, s.b_off) {
+                (Some(_), Some(_)) => ("E_joint", vec![s.out, s.cols()]),
+                (Some(_), None) => ("E_weight", vec![s.out, s.cols()]),
+                _ => ("E_bias", vec![s.out]),
+            };
+            (format!("{}.{key}", l.key), shape)
+        }
+    }
 }
 
 /// Reads a factors file written by [`save_kfac`] / [`save_ekfac`] for the problem's network and
@@ -158,7 +196,7 @@ pub fn load_factors<T: Float>(path: &Path, p: &Problem<T>, active: &ActiveSet) -
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let st_file = SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
     let get = |k: &str| {
         meta.get(k).cloned().ok_or_else(|| err(format!("metadata '{k}' missing (not a curvops KFAC factors file?)")))
     };
@@ -189,13 +227,14 @@ pub fn load_factors<T: Float>(path: &Path, p: &Problem<T>, active: &ActiveSet) -
     let want: Vec<String> = active.names(&p.net.layout).iter().map(|(e, _)| e.name.clone()).collect();
     if file_params != want.join(",") {
         return Err(err(format!(
-            "fitted for parameters [{file_params}], but the operator is over [{}] (match --params)",
+            "fitted for parameters [{file_params}], but the operator is over [{}] (use the operator on the parameters the factors were fitted for)",
             want.join(",")
         )));
     }
-    let plans = plan_layers(p, active, joint_bias)?;
+    let options = KfacOptions { fisher, approx, joint_bias, batch_size: 0 };
+    let st = structure(p, active, &options)?;
     let tensor = |key: &str, shape: &[usize]| -> Result<Vec<T>, KfacError> {
-        let t = st.tensor(key).map_err(|_| err(format!("tensor '{key}' missing")))?;
+        let t = st_file.tensor(key).map_err(|_| err(format!("tensor '{key}' missing")))?;
         if t.shape() != shape {
             return Err(err(format!("tensor '{key}' has shape {:?}, expected {shape:?}", t.shape())));
         }
@@ -212,66 +251,86 @@ pub fn load_factors<T: Float>(path: &Path, p: &Problem<T>, active: &ActiveSet) -
         }
         Ok(v)
     };
-    let mut layers = Vec::with_capacity(plans.len());
-    for pl in &plans {
-        let l = pl.layer;
-        let d = pl.a_dim();
-        let a = match pl.weight {
-            Some(_) => Some(mat_from_rows(&tensor(&format!("{l}.A"), &[d, d])?, d, d)),
-            None => None,
-        };
-        let b = mat_from_rows(&tensor(&format!("{l}.B"), &[pl.out, pl.out])?, pl.out, pl.out);
-        // optional low-rank factors `[r, dim]`
-        let rows = |key: &str, dim: usize| -> Result<Option<Mat<T>>, KfacError> {
-            match st.tensor(key) {
-                Err(_) => Ok(None),
-                Ok(t) => {
-                    let r = t.shape().first().copied().unwrap_or(0);
-                    Ok(Some(mat_from_rows(&tensor(key, &[r, dim])?, r, dim)))
-                }
+    let square = |key: &str, d: usize| -> Result<Mat<T>, KfacError> { Ok(mat_from_rows(&tensor(key, &[d, d])?, d, d)) };
+    let mut layers = Vec::with_capacity(st.order.len());
+    for blk in &st.order {
+        match *blk {
+            Block::Plan(pi) => {
+                let pl = &st.plans[pi];
+                let key = &pl.key;
+                let d = pl.a_dim();
+                let weight = pl.own_weight().cloned();
+                let a = match weight {
+                    Some(_) => Some(square(&format!("{key}.A"), d)?),
+                    None => None,
+                };
+                let b = square(&format!("{key}.B"), pl.out())?;
+                // optional low-rank factors `[r, dim]`
+                let rows = |k: &str, dim: usize| -> Result<Option<Mat<T>>, KfacError> {
+                    match st_file.tensor(k) {
+                        Err(_) => Ok(None),
+                        Ok(t) => {
+                            let r = t.shape().first().copied().unwrap_or(0);
+                            Ok(Some(mat_from_rows(&tensor(k, &[r, dim])?, r, dim)))
+                        }
+                    }
+                };
+                let a_rows = if weight.is_some() { rows(&format!("{key}.U_A"), d)? } else { None };
+                let b_rows = rows(&format!("{key}.U_B"), pl.out())?;
+                layers.push(LayerFactors {
+                    layer: pl.layer,
+                    kind: pl.kind,
+                    key: key.clone(),
+                    out: pl.out(),
+                    inp: pl.inp(),
+                    transposed: pl.info.transposed,
+                    weight,
+                    bias: pl.own_bias().cloned(),
+                    joint: pl.joint,
+                    a,
+                    b,
+                    a_rows,
+                    b_rows,
+                });
             }
-        };
-        let a_rows = if pl.weight.is_some() { rows(&format!("{l}.U_A"), d)? } else { None };
-        let b_rows = rows(&format!("{l}.U_B"), pl.out)?;
-        layers.push(LayerFactors {
-            layer: l,
-            kind: pl.kind,
-            out: pl.out,
-            inp: pl.inp,
-            weight: pl.weight.clone(),
-            bias: pl.bias.clone(),
-            joint: pl.joint,
-            a,
-            b,
-            a_rows,
-            b_rows,
-        });
+            Block::Dense(di) => {
+                let dp = &st.dense[di];
+                let m = square(&format!("{}.B", dp.param.name), dp.len)?;
+                layers.push(dense_layer(dp.uses[0].0, &dp.param, dp.len, m));
+            }
+        }
     }
-    let options = KfacOptions { fisher, approx, joint_bias, batch_size: 0 };
-    let factors = KfacFactors { layers, dim: active.dim, options, n_data: parse_usize("n_data")? };
+    let mut tied = Vec::with_capacity(st.tied.len());
+    for t in &st.tied {
+        let mut uses = Vec::with_capacity(t.uses.len());
+        for (u, &(pi, is_weight)) in t.uses.iter().enumerate() {
+            let pl = &st.plans[pi];
+            let name = &t.param.name;
+            let a = if is_weight { Some(square(&format!("{name}.use{u}.A"), pl.inp())?) } else { None };
+            let b = square(&format!("{name}.use{u}.B"), pl.out())?;
+            uses.push(TiedUse { layer: pl.layer, key: pl.key.clone(), transposed: pl.info.transposed, a, b });
+        }
+        tied.push(TiedFactors { param: t.param.clone(), rows: t.rows, cols: t.cols, uses });
+    }
+    let factors = KfacFactors { layers, tied, dim: active.dim, options, n_data: parse_usize("n_data")? };
     match kind.as_str() {
         "kfac" => Ok(LoadedFactors::Kfac(Kfac::new(factors))),
         "ekfac" => {
-            let mut bases: Vec<LayerBases<T>> = Vec::with_capacity(plans.len());
-            for pl in &plans {
-                let l = pl.layer;
-                let d = pl.a_dim();
-                let qa = match pl.weight {
-                    Some(_) => Some(Arc::new(mat_from_rows(&tensor(&format!("{l}.Q_A"), &[d, d])?, d, d))),
+            let mut bases: Vec<LayerBases<T>> = Vec::with_capacity(factors.layers.len() + factors.tied.len());
+            for l in &factors.layers {
+                let qa = match &l.a {
+                    Some(a) => Some(Arc::new(square(&format!("{}.Q_A", l.key), a.nrows())?)),
                     None => None,
                 };
-                let qb: Mat<T> = mat_from_rows(&tensor(&format!("{l}.Q_B"), &[pl.out, pl.out])?, pl.out, pl.out);
-                bases.push((qa, Arc::new(qb)));
+                bases.push((qa, Arc::new(square(&format!("{}.Q_B", l.key), l.out)?)));
+            }
+            for t in &factors.tied {
+                bases.push((None, Arc::new(square(&format!("{}.Q", t.param.name), t.rows * t.cols)?)));
             }
             let mut values = Vec::new();
-            for s in slots_of(&factors.layers) {
-                let l = factors.layers[s.layer].layer;
-                let (key, shape) = match (s.w_off, s.b_off) {
-                    (Some(_), Some(_)) => ("E_joint", vec![s.out, s.cols()]),
-                    (Some(_), None) => ("E_weight", vec![s.out, s.cols()]),
-                    _ => ("E_bias", vec![s.out]),
-                };
-                values.push(tensor(&format!("{l}.{key}"), &shape)?);
+            for s in slots_of(&factors) {
+                let (key, shape) = eigenvalue_key(&factors, &s);
+                values.push(tensor(&key, &shape)?);
             }
             Ok(LoadedFactors::Ekfac(Ekfac::from_parts(factors, bases, values)?))
         }

@@ -193,3 +193,14 @@ pub fn sq_norm<T: Float>(m: MatRef<'_, T>) -> f64 {
 pub fn trace_of<T: Float>(m: MatRef<'_, T>) -> f64 {
     (0..m.nrows()).map(|i| m[(i, i)].as_f64()).sum()
 }
+
+/// `Σᵢⱼ Xᵢⱼ Yᵢⱼ = tr(XᵀY)`, accumulated in f64.
+pub fn inner<T: Float>(x: MatRef<'_, T>, y: MatRef<'_, T>) -> f64 {
+    let mut s = 0.0;
+    for j in 0..x.ncols() {
+        for i in 0..x.nrows() {
+            s += x[(i, j)].as_f64() * y[(i, j)].as_f64();
+        }
+    }
+    s
+}

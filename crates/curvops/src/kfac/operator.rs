@@ -2,15 +2,23 @@
 
 use super::factors::{fit_kfac, KfacFactors};
 use super::inverse::{DampingMode, KfacInverse, MIN_DAMPING};
-use super::kernels::{sq_norm, trace_of};
-use super::slots::{slots_of, Slot, SlotMap, SlotOp};
+use super::kernels::{inner, sq_norm, trace_of};
+use super::plan::DENSE_MAX;
+use super::slots::{kron_sum_dense, slots_of, Slot, SlotMap, SlotOp};
 use super::{KfacError, KfacOptions};
+use crate::walk::DataWalk;
 use crate::Problem;
 use curvops_linalg::{Eigh, LinalgError, LinearOperator, Structure};
 use curvops_nn::ActiveSet;
 use curvops_tensor::Float;
 use faer::{Mat, MatMut, MatRef};
 use std::sync::{Arc, OnceLock};
+
+/// A value computed on first use (an eigendecomposition), or the error computing it gave.
+type Lazy<T> = OnceLock<Result<T, LinalgError>>;
+
+/// A tied block's eigenvalues and eigenvectors (as columns).
+type TiedEigh<T> = (Vec<T>, Arc<Mat<T>>);
 
 /// Eigendecompositions `A = Q_A Λ_A Q_Aᵀ`, `B = Q_B Λ_B Q_Bᵀ` of one layer's factors
 /// (eigenvalues descending).
@@ -38,15 +46,16 @@ pub struct LayerEigh<T: Float> {
 pub struct Kfac<T: Float> {
     factors: KfacFactors<T>,
     slots: Vec<Slot>,
-    layer_eigh: Vec<OnceLock<Result<LayerEigh<T>, LinalgError>>>,
-    eigen_op: OnceLock<Result<SlotOp<T>, LinalgError>>,
+    layer_eigh: Vec<Lazy<LayerEigh<T>>>,
+    tied_eigh: Vec<Lazy<TiedEigh<T>>>,
+    eigen_op: Lazy<SlotOp<T>>,
     kron_op: SlotOp<T>,
 }
 
 impl<T: Float> Kfac<T> {
     /// The operator of fitted (or loaded) factors.
     pub fn new(factors: KfacFactors<T>) -> Self {
-        let slots = slots_of(&factors.layers);
+        let slots = slots_of(&factors);
         type Shared<T> = (Arc<Mat<T>>, Option<Arc<Mat<T>>>, Option<Arc<Mat<T>>>, Option<Arc<Mat<T>>>);
         let shared: Vec<Shared<T>> = factors
             .layers
@@ -56,9 +65,22 @@ impl<T: Float> Kfac<T> {
                 (Arc::new(l.b.clone()), arc(&l.a), arc(&l.b_rows), arc(&l.a_rows))
             })
             .collect();
+        let nl = factors.layers.len();
         let maps = slots
             .iter()
             .map(|s| {
+                if s.layer >= nl {
+                    let t = &factors.tied[s.layer - nl];
+                    let terms = t
+                        .uses
+                        .iter()
+                        .map(|u| {
+                            let (l, r) = u.left_right();
+                            (Arc::new(l.clone()), r.map(|r| Arc::new(r.clone())))
+                        })
+                        .collect();
+                    return SlotMap::KronSum { rows: t.rows, cols: t.cols, terms };
+                }
                 let (b, a, b_rows, a_rows) = &shared[s.layer];
                 let wa = s.with_a();
                 SlotMap::Kron {
@@ -71,10 +93,12 @@ impl<T: Float> Kfac<T> {
             .collect();
         let kron_op = SlotOp { dim: factors.dim, slots: slots.clone(), maps };
         let n = factors.layers.len();
+        let nt = factors.tied.len();
         Self {
             factors,
             slots,
             layer_eigh: (0..n).map(|_| OnceLock::new()).collect(),
+            tied_eigh: (0..nt).map(|_| OnceLock::new()).collect(),
             eigen_op: OnceLock::new(),
             kron_op,
         }
@@ -83,6 +107,17 @@ impl<T: Float> Kfac<T> {
     /// Fits the factors on the problem's data ([`fit_kfac`]) and wraps them.
     pub fn fit(p: &Problem<T>, active: &ActiveSet, opts: &KfacOptions) -> Result<Self, KfacError> {
         Ok(Self::new(fit_kfac(p, active, opts)?))
+    }
+
+    /// Fits the factors on the samples of `walk` ([`super::factors::fit_kfac_on`]: a subset of
+    /// the data, Monte-Carlo labels keyed globally) and wraps them.
+    pub fn fit_on(
+        p: &Problem<T>,
+        walk: &DataWalk<T>,
+        active: &ActiveSet,
+        opts: &KfacOptions,
+    ) -> Result<Self, KfacError> {
+        Ok(Self::new(super::factors::fit_kfac_on(p, walk, active, opts)?))
     }
 
     /// The factors.
@@ -112,12 +147,48 @@ impl<T: Float> Kfac<T> {
             .map_err(Clone::clone)
     }
 
+    /// The eigendecomposition `(λ, Q)` of tied tensor `i`'s block `Σ_u L_u ⊗ R_u` (dense, so
+    /// at most [`DENSE_MAX`] entries; computed once).
+    pub fn tied_eigh(&self, i: usize) -> Result<&(Vec<T>, Arc<Mat<T>>), LinalgError> {
+        self.tied_eigh[i]
+            .get_or_init(|| {
+                let t = &self.factors.tied[i];
+                let d = t.rows * t.cols;
+                if d > DENSE_MAX {
+                    return Err(LinalgError::Other(format!(
+                        "KFAC: the block of the tied tensor '{}' ({d} entries, a sum of Kronecker products) has no \
+                         factored eigendecomposition, and a dense one is limited to {DENSE_MAX} entries",
+                        t.param.name
+                    )));
+                }
+                let terms: Vec<_> = t.uses.iter().map(|u| u.left_right()).collect();
+                let m = kron_sum_dense(t.rows, t.cols, &terms);
+                let e = Eigh::from_dense(m.as_ref())?;
+                Ok((e.values, Arc::new(e.vectors)))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The dense block of tied tensor `i` (`[D_t, D_t]`, `Σ_u L_u ⊗ R_u`).
+    pub fn tied_dense(&self, i: usize) -> Mat<T> {
+        let t = &self.factors.tied[i];
+        let terms: Vec<_> = t.uses.iter().map(|u| u.left_right()).collect();
+        kron_sum_dense(t.rows, t.cols, &terms)
+    }
+
     /// The operator in the Kronecker eigenbasis (eigenvalues `λ_{B,i} λ_{A,j}` per block).
     pub(crate) fn eigen_op(&self) -> Result<&SlotOp<T>, LinalgError> {
         self.eigen_op
             .get_or_init(|| {
                 let mut maps = Vec::with_capacity(self.slots.len());
+                let nl = self.factors.layers.len();
                 for s in &self.slots {
+                    if s.layer >= nl {
+                        let (vals, q) = self.tied_eigh(s.layer - nl)?;
+                        maps.push(SlotMap::Eigen { ql: q.clone(), qr: None, values: vals.clone() });
+                        continue;
+                    }
                     let e = self.layer_eigh(s.layer)?;
                     let (lb, qb) = &e.b;
                     let (la, qa) = match (&e.a, s.with_a()) {
@@ -140,7 +211,23 @@ impl<T: Float> Kfac<T> {
     /// `‖KFAC‖_F = (Σ_blocks ‖B‖²_F ‖A‖²_F)^½` (bias blocks: `‖B‖_F`).
     pub fn frobenius_norm(&self) -> T {
         let mut s = 0.0;
+        let nl = self.factors.layers.len();
         for sl in &self.slots {
+            if sl.layer >= nl {
+                // ‖Σ_u L_u ⊗ R_u‖² = Σ_{u,v} ⟨L_u, L_v⟩ ⟨R_u, R_v⟩
+                let t = &self.factors.tied[sl.layer - nl];
+                let lr: Vec<_> = t.uses.iter().map(|u| u.left_right()).collect();
+                for (lu, ru) in &lr {
+                    for (lv, rv) in &lr {
+                        let r = match (ru, rv) {
+                            (Some(a), Some(b)) => inner(a.as_ref(), b.as_ref()),
+                            _ => 1.0,
+                        };
+                        s += inner(lu.as_ref(), lv.as_ref()) * r;
+                    }
+                }
+                continue;
+            }
             let l = &self.factors.layers[sl.layer];
             let a = if sl.with_a() { sq_norm(l.a.as_ref().expect("input factor").as_ref()) } else { 1.0 };
             s += sq_norm(l.b.as_ref()) * a;
@@ -161,7 +248,7 @@ impl<T: Float> Kfac<T> {
     /// The dampings `(δ_A, δ_B)` added to layer `i`'s factors in `mode` (see [`DampingMode`]):
     /// `(δ, δ)` for `Same` (and `Exact`, where they are not used), π-damping for `Pi`.
     pub fn factor_damping(&self, i: usize, damping: f64, mode: DampingMode) -> (f64, f64) {
-        let l = &self.factors.layers[i];
+        let Some(l) = self.factors.layers.get(i) else { return (damping, damping) };
         match (mode, &l.a) {
             (DampingMode::Pi, Some(a)) => {
                 let ma = trace_of(a.as_ref()) / a.nrows() as f64;
@@ -198,7 +285,14 @@ impl<T: Float> Kfac<T> {
         };
         let what = self.describe();
         let mut acc = 0.0;
+        let nl = self.factors.layers.len();
         for s in &self.slots {
+            if s.layer >= nl {
+                // tied blocks are not one Kronecker product: exact damping in every mode
+                let (vals, _) = self.tied_eigh(s.layer - nl)?;
+                acc += logdet(vals, damping, &what)?;
+                continue;
+            }
             let (da, db) = self.factor_damping(s.layer, damping, mode);
             let e = self.layer_eigh(s.layer)?;
             acc += s.cols() as f64 * logdet(&e.b.0, db, &what)?;
@@ -236,12 +330,21 @@ impl<T: Float> LinearOperator<T> for Kfac<T> {
             self.factors.dim
         )
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         self.kron_op.apply(out, rhs);
+        Ok(())
     }
     fn trace(&self) -> Result<T, LinalgError> {
         let mut t = 0.0;
+        let nl = self.factors.layers.len();
         for sl in &self.slots {
+            if sl.layer >= nl {
+                for u in &self.factors.tied[sl.layer - nl].uses {
+                    let (l, r) = u.left_right();
+                    t += trace_of(l.as_ref()) * r.map_or(1.0, |r| trace_of(r.as_ref()));
+                }
+                continue;
+            }
             let l = &self.factors.layers[sl.layer];
             let a = if sl.with_a() { trace_of(l.a.as_ref().expect("input factor").as_ref()) } else { 1.0 };
             t += trace_of(l.b.as_ref()) * a;
@@ -259,5 +362,60 @@ impl<T: Float> LinearOperator<T> for Kfac<T> {
     }
     fn eigh(&self) -> Result<Eigh<T>, LinalgError> {
         self.eigen_op()?.eigh()
+    }
+}
+
+/// KFAC whose shifted operations follow a [`DampingMode`]: `logdet_shifted(λ)` and
+/// `solve_shifted(λ)` use [`Kfac::logdet_damped`] / [`Kfac::inverse`] with that mode — for
+/// `Same` and `Pi` the factor-damped approximation `(B + λ_B I) ⊗ (A + λ_A I)` that KFAC
+/// optimizers use, for `Exact` the inverse of `KFAC + λI`. Products, trace, diagonal and
+/// eigendecomposition are KFAC's own.
+pub struct DampedKfac<T: Float> {
+    k: Kfac<T>,
+    mode: DampingMode,
+}
+
+impl<T: Float> DampedKfac<T> {
+    /// Wraps `k` with damping mode `mode`.
+    pub fn new(k: Kfac<T>, mode: DampingMode) -> Self {
+        Self { k, mode }
+    }
+    /// The wrapped operator.
+    pub fn kfac(&self) -> &Kfac<T> {
+        &self.k
+    }
+}
+
+impl<T: Float> LinearOperator<T> for DampedKfac<T> {
+    fn nrows(&self) -> usize {
+        self.k.nrows()
+    }
+    fn ncols(&self) -> usize {
+        self.k.ncols()
+    }
+    fn structure(&self) -> Structure {
+        self.k.structure()
+    }
+    fn describe(&self) -> String {
+        format!("{} [{} damping]", self.k.describe(), self.mode.name())
+    }
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        self.k.apply(out, rhs)
+    }
+    fn trace(&self) -> Result<T, LinalgError> {
+        self.k.trace()
+    }
+    fn diagonal(&self) -> Result<Vec<T>, LinalgError> {
+        self.k.diagonal()
+    }
+    fn logdet_shifted(&self, shift: T) -> Result<T, LinalgError> {
+        self.k.logdet_damped(shift.as_f64(), self.mode)
+    }
+    fn solve_shifted(&self, shift: T, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
+        let inv = self.k.inverse(shift.as_f64(), self.mode).map_err(|e| LinalgError::inner(self.describe(), e))?;
+        inv.apply(out, rhs)
+    }
+    fn eigh(&self) -> Result<Eigh<T>, LinalgError> {
+        self.k.eigh()
     }
 }

@@ -5,7 +5,7 @@
 //! entries of a parameter-space vector into a row-major `[out, cols]` matrix and scatter results
 //! back.
 
-use super::factors::LayerFactors;
+use super::factors::KfacFactors;
 use super::kernels::{eigen_apply, left_right, Factor};
 use curvops_linalg::{Eigh, LinalgError};
 use curvops_tensor::{threads, Float};
@@ -13,10 +13,17 @@ use faer::{Accum, Mat, MatMut, MatRef};
 use std::borrow::Cow;
 use std::sync::Arc;
 
+/// One term `(L_u, R_u)` of a tied block, `X ↦ L_u X R_u` (`R_u = [1]` when absent).
+type KronTerm<T> = (Arc<Mat<T>>, Option<Arc<Mat<T>>>);
+
 /// One diagonal block of a Kronecker-factored operator.
+///
+/// A weight slot is the weight as an `[out, in]` matrix (gathered from the stored `[in, out]`
+/// layout when `transposed`); a bias slot (also a dense block, or a tied tensor, as one
+/// column) is `[out, 1]`; a joint slot `[out, in + 1]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slot {
-    /// Index into the operator's layer list.
+    /// Index into the operator's block list: `layers`, then `tied` (`layers.len() + i`).
     pub layer: usize,
     /// Offset of the weight in the active vector (weight slots and joint slots).
     pub w_off: Option<usize>,
@@ -26,6 +33,8 @@ pub struct Slot {
     pub out: usize,
     /// Columns of the weight matrix.
     pub inp: usize,
+    /// The weight is stored `[in, out]`.
+    pub transposed: bool,
 }
 
 impl Slot {
@@ -42,17 +51,38 @@ impl Slot {
         self.out * self.cols()
     }
 
+    /// Active-vector index of weight entry `(o, j)`.
+    fn w_index(&self, w: usize, o: usize, j: usize) -> usize {
+        if self.transposed {
+            w + j * self.out + o
+        } else {
+            w + o * self.inp + j
+        }
+    }
+
     /// The slot matrix `[out, cols]` (row-major) of the active-vector column `v`.
     pub fn gather<'a, T: Float>(&self, v: &'a [T]) -> Cow<'a, [T]> {
         match (self.w_off, self.b_off) {
-            (Some(w), None) => Cow::Borrowed(&v[w..w + self.out * self.inp]),
+            (Some(w), None) if !self.transposed => Cow::Borrowed(&v[w..w + self.out * self.inp]),
             (None, Some(b)) => Cow::Borrowed(&v[b..b + self.out]),
-            (Some(w), Some(b)) => {
-                let c = self.inp + 1;
+            (Some(w), b) => {
+                let c = self.cols();
                 let mut x = vec![T::zero(); self.out * c];
-                for o in 0..self.out {
-                    x[o * c..o * c + self.inp].copy_from_slice(&v[w + o * self.inp..w + (o + 1) * self.inp]);
-                    x[o * c + self.inp] = v[b + o];
+                if self.transposed {
+                    for j in 0..self.inp {
+                        for (o, &val) in v[w + j * self.out..w + (j + 1) * self.out].iter().enumerate() {
+                            x[o * c + j] = val;
+                        }
+                    }
+                } else {
+                    for o in 0..self.out {
+                        x[o * c..o * c + self.inp].copy_from_slice(&v[w + o * self.inp..w + (o + 1) * self.inp]);
+                    }
+                }
+                if let Some(b) = b {
+                    for o in 0..self.out {
+                        x[o * c + self.inp] = v[b + o];
+                    }
                 }
                 Cow::Owned(x)
             }
@@ -63,13 +93,25 @@ impl Slot {
     /// Writes the slot matrix `y` into the active-vector column `out`.
     pub fn scatter<T: Float>(&self, y: &[T], out: &mut [T]) {
         match (self.w_off, self.b_off) {
-            (Some(w), None) => out[w..w + y.len()].copy_from_slice(y),
+            (Some(w), None) if !self.transposed => out[w..w + y.len()].copy_from_slice(y),
             (None, Some(b)) => out[b..b + y.len()].copy_from_slice(y),
-            (Some(w), Some(b)) => {
-                let c = self.inp + 1;
-                for o in 0..self.out {
-                    out[w + o * self.inp..w + (o + 1) * self.inp].copy_from_slice(&y[o * c..o * c + self.inp]);
-                    out[b + o] = y[o * c + self.inp];
+            (Some(w), b) => {
+                let c = self.cols();
+                if self.transposed {
+                    for j in 0..self.inp {
+                        for (o, dst) in out[w + j * self.out..w + (j + 1) * self.out].iter_mut().enumerate() {
+                            *dst = y[o * c + j];
+                        }
+                    }
+                } else {
+                    for o in 0..self.out {
+                        out[w + o * self.inp..w + (o + 1) * self.inp].copy_from_slice(&y[o * c..o * c + self.inp]);
+                    }
+                }
+                if let Some(b) = b {
+                    for o in 0..self.out {
+                        out[b + o] = y[o * c + self.inp];
+                    }
                 }
             }
             (None, None) => {}
@@ -79,17 +121,18 @@ impl Slot {
     /// Active-vector index of slot entry `(o, j)`.
     pub fn index(&self, o: usize, j: usize) -> usize {
         match self.w_off {
-            Some(w) if j < self.inp => w + o * self.inp + j,
+            Some(w) if j < self.inp => self.w_index(w, o, j),
             _ => self.b_off.expect("bias column") + o,
         }
     }
 }
 
-/// The slots of a list of layers: per layer a joint slot, or a weight slot and a bias slot.
-pub fn slots_of<T: Float>(layers: &[LayerFactors<T>]) -> Vec<Slot> {
+/// The slots of fitted factors: per layer a joint slot, or a weight slot and a bias slot; then
+/// one slot per tied tensor (its entries as one column).
+pub fn slots_of<T: Float>(f: &KfacFactors<T>) -> Vec<Slot> {
     let mut v = Vec::new();
-    for (i, l) in layers.iter().enumerate() {
-        let base = Slot { layer: i, w_off: None, b_off: None, out: l.out, inp: l.inp };
+    for (i, l) in f.layers.iter().enumerate() {
+        let base = Slot { layer: i, w_off: None, b_off: None, out: l.out, inp: l.inp, transposed: l.transposed };
         if l.joint {
             v.push(Slot {
                 w_off: l.weight.as_ref().map(|p| p.offset),
@@ -105,7 +148,41 @@ pub fn slots_of<T: Float>(layers: &[LayerFactors<T>]) -> Vec<Slot> {
             v.push(Slot { b_off: Some(b.offset), ..base });
         }
     }
+    for (i, t) in f.tied.iter().enumerate() {
+        v.push(Slot {
+            layer: f.layers.len() + i,
+            w_off: None,
+            b_off: Some(t.param.offset),
+            out: t.rows * t.cols,
+            inp: 0,
+            transposed: false,
+        });
+    }
     v
+}
+
+/// The dense matrix `Σ_u L_u ⊗ R_u` (`[rows·cols]²`, row-major index `i·cols + j`; `R_u = [1]`
+/// when absent) of a sum of Kronecker products.
+pub fn kron_sum_dense<T: Float>(rows: usize, cols: usize, terms: &[(&Mat<T>, Option<&Mat<T>>)]) -> Mat<T> {
+    let d = rows * cols;
+    let mut m = Mat::<T>::zeros(d, d);
+    for (l, r) in terms {
+        for i in 0..rows {
+            for k in 0..rows {
+                let lv = l[(i, k)];
+                if lv == T::zero() {
+                    continue;
+                }
+                for j in 0..cols {
+                    for jj in 0..cols {
+                        let rv = r.map_or(T::one(), |r| r[(j, jj)]);
+                        m[(i * cols + j, k * cols + jj)] += lv * rv;
+                    }
+                }
+            }
+        }
+    }
+    m
 }
 
 /// Runs `f(x, y)` for every column of `rhs` / `out` (`[D, K]`) with contiguous column slices
@@ -156,6 +233,15 @@ pub enum SlotMap<T: Float> {
         /// Optional low-rank factor `U` of `R = UᵀU`, used for products instead of `R`.
         right_rows: Option<Arc<Mat<T>>>,
     },
+    /// `y = Σ_u vec(L_u X R_u)` on a slot holding a `[rows, cols]` matrix `X` as one column
+    /// (tied tensors; `R_u = [1]` when absent).
+    KronSum {
+        /// `[rows, cols]`.
+        rows: usize,
+        cols: usize,
+        /// `(L_u, R_u)`.
+        terms: Vec<KronTerm<T>>,
+    },
     /// `Y = Q_L (F ⊙ (Q_Lᵀ X Q_R)) Q_Rᵀ`: an eigendecomposition in the Kronecker eigenbasis
     /// with eigenvalue matrix `F` (`[out, cols]`, row-major; `Q_R` the identity when `None`).
     Eigen {
@@ -195,9 +281,10 @@ impl<T: Float> SlotOp<T> {
             .iter()
             .map(|m| match m {
                 SlotMap::Eigen { values, .. } => Some(values.iter().map(|&v| f(v)).collect()),
-                SlotMap::Kron { .. } => None,
+                SlotMap::Kron { .. } | SlotMap::KronSum { .. } => None,
             })
             .collect();
+        let mut acc = Vec::new();
         for_columns(out, rhs, |x, y| {
             for ((s, m), fv) in self.slots.iter().zip(&self.maps).zip(&fvals) {
                 let xs = s.gather(x);
@@ -214,6 +301,18 @@ impl<T: Float> SlotOp<T> {
                             (None, None) => None,
                         };
                         left_right(l, r, &xs, &mut ybuf, &mut tmp)
+                    }
+                    SlotMap::KronSum { terms, .. } => {
+                        acc.clear();
+                        acc.resize(xs.len(), T::zero());
+                        for (l, r) in terms {
+                            let rr = r.as_ref().map(|r| Factor::Dense(r.as_ref().as_ref()));
+                            left_right(Factor::Dense(l.as_ref().as_ref()), rr, &xs, &mut ybuf, &mut tmp);
+                            for (a, v) in acc.iter_mut().zip(&ybuf) {
+                                *a += *v;
+                            }
+                        }
+                        ybuf.copy_from_slice(&acc);
                     }
                     SlotMap::Eigen { ql, qr, .. } => eigen_apply(
                         ql.as_ref().as_ref(),
@@ -235,7 +334,9 @@ impl<T: Float> SlotOp<T> {
             .iter()
             .map(|m| match m {
                 SlotMap::Eigen { values, .. } => Ok(values.as_slice()),
-                SlotMap::Kron { .. } => Err(LinalgError::unsupported(what, "Kronecker slot operator")),
+                SlotMap::Kron { .. } | SlotMap::KronSum { .. } => {
+                    Err(LinalgError::unsupported(what, "Kronecker slot operator"))
+                }
             })
             .collect()
     }
@@ -308,6 +409,17 @@ impl<T: Float> SlotOp<T> {
                         }
                     }
                 }
+                SlotMap::KronSum { rows, cols, terms } => {
+                    let (rows, cols) = (*rows, *cols);
+                    for (l, r) in terms {
+                        for i in 0..rows {
+                            for j in 0..cols {
+                                let rv = r.as_ref().map_or(T::one(), |r| r[(j, j)]);
+                                d[s.index(i * cols + j, 0)] += l[(i, i)] * rv;
+                            }
+                        }
+                    }
+                }
                 SlotMap::Eigen { ql, qr, values } => {
                     // (Q_L ∘ Q_L) F (Q_R ∘ Q_R)ᵀ
                     let ql2 = Mat::<T>::from_fn(o, o, |a, b| ql[(a, b)] * ql[(a, b)]);
@@ -360,7 +472,7 @@ impl<T: Float> SlotOp<T> {
         for ((s, m), f) in self.slots.iter().zip(&self.maps).zip(vals) {
             let (ql, qr) = match m {
                 SlotMap::Eigen { ql, qr, .. } => (ql, qr),
-                SlotMap::Kron { .. } => unreachable!("checked above"),
+                SlotMap::Kron { .. } | SlotMap::KronSum { .. } => unreachable!("checked above"),
             };
             let (o, c) = (s.out, s.cols());
             for i in 0..o {

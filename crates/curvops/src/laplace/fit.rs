@@ -5,15 +5,15 @@ use super::kron::{kron_eigs, BlockEig};
 use super::{HessianStructure, LaplaceError, LaplaceOptions, Likelihood};
 use crate::curvature::{Curvature, CurvatureOperator};
 use crate::dense::dense_curvature;
+use crate::diag::{curvature_diag_with_loss, DiagKind};
 use crate::kfac::{fit_kfac, FisherType, KfacApprox, KfacOptions};
 use crate::Problem;
 use curvops_linalg::algebra::ScaledOp;
 use curvops_linalg::eigen::{eigsh, EigshOptions, Which};
 use curvops_nn::data::Batch;
-use curvops_nn::layers::Linear;
 use curvops_nn::{ActiveSet, Network, Tape};
 use curvops_tensor::gemm::view;
-use curvops_tensor::{gemm, threads, Float, Trans};
+use curvops_tensor::{threads, Float, Trans};
 use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
 use faer::Accum;
 use faer::Mat;
@@ -35,14 +35,16 @@ pub struct ParamGroup {
 #[derive(Clone, Debug)]
 pub enum KronBlock<T: Float> {
     /// A weight `[out, in]` flattened row-major: `H_W ≈ B ⊗ A` with `B` (`out × out`) the
-    /// gradient factor and `A` (`in × in`) the input factor.
+    /// gradient factor and `A` (`in × in`) the input factor. For a weight stored `[in, out]`
+    /// (a transposed linear layer) the factors swap places: `b` holds `A` (the rows' factor)
+    /// and `a` holds `B`.
     Kron {
-        /// Gradient factor `B = s Σ_n Σ_r g_nr g_nrᵀ`.
+        /// The rows' factor: gradient factor `B = s Σ_n Σ_r g_nr g_nrᵀ`.
         b: Mat<T>,
-        /// Input factor `A = 1/N Σ_n a_n a_nᵀ`.
+        /// The columns' factor: input factor `A = 1/N Σ_n a_n a_nᵀ`.
         a: Mat<T>,
     },
-    /// A dense block (a bias: `H_b = B`).
+    /// A dense block (a bias: `H_b = B`; a tensor outside KFAC's maps; a tied tensor).
     Dense(Mat<T>),
 }
 
@@ -347,10 +349,12 @@ pub fn fit<T: Float>(
                 Some(sel) => sel.iter().map(|&i| d[i]).collect(),
             })
         }
-        HessianStructure::Kron => HessianApprox::Kron(kfac(problem, &active, opts, s)?),
+        HessianStructure::Kron => HessianApprox::Kron(kfac(problem, &active, opts, s, &groups)?),
         HessianStructure::LowRank { rank } => low_rank(problem, &active, opts, s, rank)?,
     };
-    let loss = s * loss_sum.unwrap_or_else(|| summed_loss(problem, opts.batch_size));
+    let loss = s * loss_sum.unwrap_or_else(|| {
+        crate::diag::summed_loss(problem, &crate::walk::DataWalk::new(&problem.data, opts.batch_size))
+    });
     Ok(LaplaceFit::from_parts(
         likelihood,
         opts.structure,
@@ -365,19 +369,6 @@ pub fn fit<T: Float>(
         net.out_size(),
         h,
     ))
-}
-
-/// `Σ_n ℓ_n` over the data set (forward passes only).
-fn summed_loss<T: Float>(p: &Problem<T>, batch_size: usize) -> f64 {
-    let (net, c) = (&p.net, p.net.out_size());
-    p.data
-        .batches(batch_size)
-        .iter()
-        .map(|b| {
-            let f = net.predict(&p.theta, b.x, b.n);
-            net.loss.values(&f, b.y, b.n, c).iter().map(|v| v.as_f64()).sum::<f64>()
-        })
-        .sum()
 }
 
 /// Dense `H` from per-sample factor rows (`s Σ_b V_bᵀ V_b`) or, for the Hessian, unit vectors.
@@ -437,36 +428,9 @@ fn full<T: Float>(
     Ok(m)
 }
 
-/// Per batch: the forward tape, the output factor, and the cotangents at every layer output
-/// from the first active layer on.
-struct Backprop<T> {
-    tape: Tape<T>,
-    cots: Vec<Option<Vec<T>>>,
-    r: usize,
-}
-
-fn backprop<T: Float>(
-    p: &Problem<T>,
-    active: &ActiveSet,
-    kind: Curvature,
-    batch: &Batch<T>,
-) -> Result<Backprop<T>, LaplaceError> {
-    let net = &p.net;
-    let tape = net.forward(&p.theta, batch.x, batch.n);
-    let (cot, r) = output_factor(net, kind, &tape, batch)?;
-    let cots = net.backward_cotangents(&p.theta, &tape, cot, r, active.first_layer);
-    Ok(Backprop { tape, cots, r })
-}
-
-/// The layer's active entries as `(entry index, offset in the subset vector)`.
-fn layer_active(net_layout: &curvops_nn::ParamLayout, active: &ActiveSet, l: usize) -> Vec<(usize, usize)> {
-    net_layout.layer_entries[l].iter().copied().filter_map(|i| active.sub_offset[i].map(|o| (i, o))).collect()
-}
-
-/// The exact diagonal of `H` over the active tensors: per linear layer
-/// `diag H_W[o, i] = s Σ_n (Σ_r g_nro²) a_ni²`, `diag H_b[o] = s Σ_n Σ_r g_nro²` (one GEMM);
-/// other layers from their per-sample parameter gradients. Also returns `Σ_n ℓ_n` from the same
-/// forward passes.
+/// The exact diagonal of `H = s·Curv(Σ_n ℓ_n)` over the active tensors, from
+/// [`crate::diag`] (which computes `diag Curv(c Σ_n ℓ_n)`), and `Σ_n ℓ_n` from the same forward
+/// passes.
 fn diagonal<T: Float>(
     p: &Problem<T>,
     active: &ActiveSet,
@@ -474,85 +438,38 @@ fn diagonal<T: Float>(
     s: f64,
     progress: &dyn Fn(usize, usize),
 ) -> Result<(Vec<T>, f64), LaplaceError> {
-    let net = &p.net;
-    let mut diag = vec![T::zero(); active.dim];
-    let mut loss_sum = 0.0;
-    let batches = p.data.batches(opts.batch_size);
-    for (bi, batch) in batches.iter().enumerate() {
-        let bp = backprop(p, active, opts.curvature, batch)?;
-        let (n, r) = (batch.n, bp.r);
-        loss_sum +=
-            net.loss.values(bp.tape.output(), batch.y, n, net.out_size()).iter().map(|v| v.as_f64()).sum::<f64>();
-        for (l, layer) in net.layers.iter().enumerate() {
-            if !active.layer_active[l] {
-                continue;
-            }
-            let entries = layer_active(&net.layout, active, l);
-            let g = bp.cots[l + 1].as_ref().expect("cotangent of an active layer");
-            let out = layer.out_size();
-            if layer.as_any().downcast_ref::<Linear>().is_some() {
-                let a = net.node_input(l, &bp.tape);
-                let inp = layer.in_size();
-                let mut g2 = vec![T::zero(); n * out];
-                for i in 0..n {
-                    for rr in 0..r {
-                        let row = &g[(i * r + rr) * out..(i * r + rr + 1) * out];
-                        for (acc, &v) in g2[i * out..(i + 1) * out].iter_mut().zip(row) {
-                            *acc += v * v;
-                        }
-                    }
-                }
-                for (ei, so) in entries {
-                    let e = &net.layout.entries[ei];
-                    if e.name.ends_with(".weight") {
-                        let a2: Vec<T> = a.iter().map(|&v| v * v).collect();
-                        let dst = &mut diag[so..so + e.len];
-                        gemm(out, inp, n, T::one(), &g2, out, Trans::T, &a2, inp, Trans::N, T::one(), dst, inp);
-                    } else {
-                        for i in 0..n {
-                            for (d, &v) in diag[so..so + out].iter_mut().zip(&g2[i * out..(i + 1) * out]) {
-                                *d += v;
-                            }
-                        }
-                    }
-                }
-            } else {
-                let range = net.layout.layer_entries[l].clone();
-                let mut bufs: Vec<Option<Vec<T>>> = range
-                    .iter()
-                    .map(|&i| active.sub_offset[i].map(|_| vec![T::zero(); n * r * net.layout.entries[i].len]))
-                    .collect();
-                {
-                    let mut views: Vec<Option<&mut [T]>> = bufs.iter_mut().map(|b| b.as_deref_mut()).collect();
-                    net.with_ctx(l, &p.theta, &bp.tape, |ctx| layer.vjp_param_per_sample(ctx, g, r, &mut views));
-                }
-                for (i, b) in range.into_iter().zip(bufs) {
-                    if let (Some(so), Some(b)) = (active.sub_offset[i], b) {
-                        let len = net.layout.entries[i].len;
-                        for row in b.chunks_exact(len) {
-                            for (d, &v) in diag[so..so + len].iter_mut().zip(row) {
-                                *d += v * v;
-                            }
-                        }
-                    }
-                }
-            }
+    let kind = match opts.curvature {
+        Curvature::Ggn => DiagKind::Ggn,
+        Curvature::Ef => DiagKind::Ef,
+        Curvature::FisherMc { samples, seed } => DiagKind::GgnMc { samples, seed },
+        Curvature::Hessian => {
+            return Err(LaplaceError("the Hessian is only available with the full structure".into()));
         }
-        progress(bi + 1, batches.len());
-    }
-    curvops_tensor::ops::scale(T::of(s), &mut diag);
-    Ok((diag, loss_sum))
+    };
+    let (mut d, loss) = curvature_diag_with_loss(p, kind, active, opts.batch_size, progress);
+    let c = p.net.loss.factor(p.data.n, p.net.out_size());
+    curvops_tensor::ops::scale(T::of(s / c), &mut d);
+    Ok((d, loss))
 }
 
-/// KFAC factors of the active layers from [`crate::kfac::fit_kfac`] (curvlinops' conventions:
+/// KFAC blocks of the active tensors from [`crate::kfac::fit_kfac`] (curvlinops' conventions:
 /// type-2 for the GGN, empirical for the EF, MC for the MC Fisher; `expand`; weight and bias
-/// separately). That fit's gradient factor carries the reduction factor `c` of `L = c Σ_n ℓ_n`;
-/// the summed negative log-likelihood needs `B_sum = s/c · B`.
+/// separately), one per prior group (tensor), in the groups' order:
+///
+/// * the weight of a Kronecker-factored map: `B ⊗ A` (`A ⊗ B` for a weight stored `[in, out]`);
+///   its bias: `B`;
+/// * a tensor outside the maps (layer norm, batch norm, `parameter` nodes, …): the fit's dense
+///   block of that tensor;
+/// * a tied tensor: the sum of its uses' Kronecker blocks, as a dense block.
+///
+/// That fit's gradient factors (and dense blocks) carry the reduction factor `c` of
+/// `L = c Σ_n ℓ_n`; the summed negative log-likelihood needs `s/c` times them.
 fn kfac<T: Float>(
     p: &Problem<T>,
     active: &ActiveSet,
     opts: &LaplaceOptions,
     s: f64,
+    groups: &[ParamGroup],
 ) -> Result<Vec<KronBlock<T>>, LaplaceError> {
     let fisher = match opts.curvature {
         Curvature::Ggn => FisherType::Type2,
@@ -566,18 +483,54 @@ fn kfac<T: Float>(
     let factors = fit_kfac(p, active, &kopts).map_err(|e| LaplaceError(format!("KFAC: {e}")))?;
     let c = p.net.loss.factor(p.data.n, p.net.out_size());
     let scale = T::of(s / c);
-    let mut blocks = Vec::new();
+    let scaled = |m: &Mat<T>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| scale * m[(i, j)]);
+    let mut blocks: Vec<Option<KronBlock<T>>> = (0..groups.len()).map(|_| None).collect();
+    let mut put = |offset: usize, name: &str, b: KronBlock<T>| -> Result<(), LaplaceError> {
+        let g = groups.iter().position(|g| g.offset == offset).ok_or_else(|| {
+            LaplaceError(format!("KFAC: block of '{name}' at offset {offset} has no parameter group"))
+        })?;
+        blocks[g] = Some(b);
+        Ok(())
+    };
     for lf in &factors.layers {
-        let b = Mat::from_fn(lf.b.nrows(), lf.b.ncols(), |i, j| scale * lf.b[(i, j)]);
-        if lf.weight.is_some() {
-            let a = lf.a.clone().ok_or_else(|| LaplaceError("KFAC: a weight without input factor".into()))?;
-            blocks.push(KronBlock::Kron { b: b.clone(), a });
+        if lf.joint {
+            return Err(LaplaceError("KFAC: joint weight and bias blocks are not a Laplace structure".into()));
         }
-        if lf.bias.is_some() {
-            blocks.push(KronBlock::Dense(b));
+        if lf.kind == "dense" {
+            let t = lf.bias.as_ref().ok_or_else(|| LaplaceError("KFAC: a dense block without tensor".into()))?;
+            put(t.offset, &t.name, KronBlock::Dense(scaled(&lf.b)))?;
+            continue;
+        }
+        if let Some(w) = &lf.weight {
+            let a = lf.a.clone().ok_or_else(|| LaplaceError(format!("KFAC: '{}' has no input factor", w.name)))?;
+            let b = scaled(&lf.b);
+            let blk = if lf.transposed { KronBlock::Kron { b: a, a: b } } else { KronBlock::Kron { b, a } };
+            put(w.offset, &w.name, blk)?;
+        }
+        if let Some(bias) = &lf.bias {
+            put(bias.offset, &bias.name, KronBlock::Dense(scaled(&lf.b)))?;
         }
     }
-    Ok(blocks)
+    for t in &factors.tied {
+        let (rows, cols) = (t.rows, t.cols);
+        let d = rows * cols;
+        let mut m = Mat::<T>::zeros(d, d);
+        for u in &t.uses {
+            let (left, right) = u.left_right();
+            for i in 0..d {
+                for j in 0..d {
+                    let r = right.map_or(T::one(), |r| r[(i % cols, j % cols)]);
+                    m[(i, j)] += scale * left[(i / cols, j / cols)] * r;
+                }
+            }
+        }
+        put(t.param.offset, &t.param.name, KronBlock::Dense(m))?;
+    }
+    blocks
+        .into_iter()
+        .zip(groups)
+        .map(|(b, g)| b.ok_or_else(|| LaplaceError(format!("KFAC: no block for '{}'", g.name))))
+        .collect()
 }
 
 /// The top-`rank` eigenpairs of `H` (Lanczos on `s/c ·` the curvature operator).
@@ -589,7 +542,7 @@ fn low_rank<T: Float>(
     rank: usize,
 ) -> Result<HessianApprox<T>, LaplaceError> {
     if rank == 0 || rank > active.dim {
-        return Err(LaplaceError(format!("--rank {rank} must be between 1 and D = {}", active.dim)));
+        return Err(LaplaceError(format!("the low rank {rank} must be between 1 and D = {}", active.dim)));
     }
     let op = CurvatureOperator::new(p, opts.curvature, active.clone(), opts.batch_size).with_cache(1 << 30);
     let scale = s / op.reduction_factor().as_f64();

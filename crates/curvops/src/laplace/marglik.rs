@@ -455,7 +455,8 @@ pub fn gridsearch<T: Float>(
                 }
                 _ => unreachable!(),
             };
-            let glm = GlmOutput { n: b.n, c, f_mu: f_mu.clone(), f_var };
+            let classes = super::predictive::classes_of(net);
+            let glm = GlmOutput { n: b.n, c, classes, f_mu: f_mu.clone(), f_var };
             nll += batch_nll(fit.likelihood, &glm, &b.y, sigma);
         }
         let nll = nll / val.n as f64;
@@ -470,8 +471,10 @@ fn batch_nll<T: Float>(lik: Likelihood, glm: &GlmOutput, y: &curvops_nn::Targets
     let (n, c) = (glm.n, glm.c);
     match (lik, y) {
         (Likelihood::Classification, curvops_nn::TargetsRef::Classes(cls)) => {
+            // one label per softmax (per position for sequence outputs)
             let p = probit_probs(glm, lik);
-            cls.iter().enumerate().map(|(s, &k)| -p[s * c + k].max(1e-300).ln()).sum()
+            let v = glm.classes;
+            cls.iter().enumerate().map(|(s, &k)| -p[s * v + k].max(1e-300).ln()).sum()
         }
         (Likelihood::Classification, curvops_nn::TargetsRef::Dense(t)) => {
             let p = probit_probs(glm, lik);

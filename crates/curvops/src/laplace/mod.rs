@@ -57,14 +57,30 @@ mod kron;
 pub mod marglik;
 mod posterior;
 pub mod predictive;
+pub mod select;
 
 pub use fit::{fit, HessianApprox, KronBlock, LaplaceFit, ParamGroup};
 pub use marglik::{optimize_marglik, MarglikOptions, MarglikResult, PriorStructure};
 pub use posterior::{Posterior, PosteriorCovarianceOp, PosteriorPrecisionOp};
 pub use predictive::{GlmOutput, Link};
+pub use select::{select_prior, PredictiveMetrics, PriorChoice, PriorSelection};
 
 use crate::Curvature;
-use curvops_nn::LossKind;
+use curvops_nn::{ActiveSet, LossKind, Network};
+use curvops_tensor::Float;
+
+/// The parameters of a last-layer Laplace approximation: those of the last node that has any
+/// (all its roles; for an output layer tied to an earlier tensor, such as a language model's
+/// `lm_head` sharing the token embedding, the tied tensor). `None` without parameters.
+pub fn last_layer<T: Float>(net: &Network<T>) -> Option<ActiveSet> {
+    let lay = &net.layout;
+    let last = lay.layer_entries.iter().rposition(|r| !r.is_empty())?;
+    let mut mask = vec![false; lay.entries.len()];
+    for &i in &lay.layer_entries[last] {
+        mask[i] = true;
+    }
+    Some(ActiveSet::from_mask(lay, &mask))
+}
 
 /// An error of the Laplace library: a one-line message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

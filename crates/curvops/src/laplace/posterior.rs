@@ -434,8 +434,9 @@ impl<T: Float> LinearOperator<T> for PosteriorPrecisionOp<'_, '_, T> {
     fn describe(&self) -> String {
         format!("Laplace posterior precision ({}, D={})", self.0.fit.structure.name(), self.0.dim())
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         copy_into(&self.0.apply_precision(rhs), out);
+        Ok(())
     }
     fn logdet_shifted(&self, shift: T) -> Result<T, LinalgError> {
         if shift != T::zero() {
@@ -465,8 +466,9 @@ impl<T: Float> LinearOperator<T> for PosteriorCovarianceOp<'_, '_, T> {
     fn describe(&self) -> String {
         format!("Laplace posterior covariance ({}, D={})", self.0.fit.structure.name(), self.0.dim())
     }
-    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         copy_into(&self.0.solve(rhs), out);
+        Ok(())
     }
     fn diagonal(&self) -> Result<Vec<T>, LinalgError> {
         Ok(self.0.covariance_diagonal().into_iter().map(T::of).collect())

@@ -40,8 +40,10 @@ pub enum Link {
 pub struct GlmOutput {
     /// Inputs.
     pub n: usize,
-    /// Outputs.
+    /// Outputs (all positions: `T·V` for sequence outputs `[T, V]`).
     pub c: usize,
+    /// Classes per softmax: `C`, or `V` for sequence cross-entropy (one softmax per position).
+    pub classes: usize,
     /// `f(x; θ*)`, `[n, C]`.
     pub f_mu: Vec<f64>,
     /// `J P⁻¹ Jᵀ`, `[n, C, C]`.
@@ -108,11 +110,12 @@ impl<T: Float> Posterior<'_, T> {
             let rows = jacobian_rows(fit, net, &tape);
             f_var.extend(functional_variance(self, rows.as_ref(), m, c));
         }
-        GlmOutput { n, c, f_mu, f_var }
+        GlmOutput { n, c, classes: classes_of(net), f_mu, f_var }
     }
 
-    /// Class probabilities (`[n, C]`) of the linearized predictive with `link`; for binary
-    /// likelihoods the per-output probabilities of 1.
+    /// Class probabilities (`[n, C]`; `[n, T, V]` for sequence outputs, a softmax per position)
+    /// of the linearized predictive with `link`; for binary likelihoods the per-output
+    /// probabilities of 1.
     pub fn predict_probs(&self, net: &Network<T>, x: &[T], n: usize, link: Link) -> Vec<f64> {
         let glm = self.glm(net, x, n);
         let lik = self.fit().likelihood;
@@ -155,7 +158,9 @@ impl<T: Float> Posterior<'_, T> {
             }
             let f = net.predict(&theta, x, n);
             let out: Vec<f64> = match fit.likelihood {
-                Likelihood::Classification => softmax_rows(&f.iter().map(|v| v.as_f64()).collect::<Vec<_>>(), c),
+                Likelihood::Classification => {
+                    softmax_rows(&f.iter().map(|v| v.as_f64()).collect::<Vec<_>>(), classes_of(net))
+                }
                 Likelihood::Binary => f.iter().map(|v| sigmoid(v.as_f64())).collect(),
                 Likelihood::Regression => f.iter().map(|v| v.as_f64()).collect(),
             };
@@ -173,6 +178,12 @@ impl<T: Float> Posterior<'_, T> {
         };
         (mean, var)
     }
+}
+
+/// Classes per softmax of a network's outputs: `C`, or `V` for sequence cross-entropy on
+/// `[T, V]` outputs (probabilities `[n, T, V]` are then `[n·T, V]` rows).
+pub fn classes_of<T: Float>(net: &Network<T>) -> usize {
+    net.out_size() / net.loss.positions.max(1)
 }
 
 /// Row-wise softmax of `[n, C]`.
@@ -201,12 +212,12 @@ fn sigmoid(x: f64) -> f64 {
     }
 }
 
-/// The MAP predictive: softmax (classification), sigmoid (binary) or the outputs (regression).
+/// The MAP predictive: softmax (classification; one per position for sequence outputs),
+/// sigmoid (binary) or the outputs (regression).
 pub fn map_predict<T: Float>(net: &Network<T>, theta: &[T], x: &[T], n: usize, lik: Likelihood) -> Vec<f64> {
-    let c = net.out_size();
     let f: Vec<f64> = net.predict(theta, x, n).iter().map(|v| v.as_f64()).collect();
     match lik {
-        Likelihood::Classification => softmax_rows(&f, c),
+        Likelihood::Classification => softmax_rows(&f, classes_of(net)),
         Likelihood::Binary => f.iter().map(|&v| sigmoid(v)).collect(),
         Likelihood::Regression => f,
     }
@@ -224,7 +235,7 @@ pub fn probit_probs(glm: &GlmOutput, lik: Likelihood) -> Vec<f64> {
         .collect();
     match lik {
         Likelihood::Binary => scaled.iter().map(|&v| sigmoid(v)).collect(),
-        _ => softmax_rows(&scaled, c),
+        _ => softmax_rows(&scaled, glm.classes),
     }
 }
 
@@ -245,7 +256,7 @@ pub fn mc_probs(glm: &GlmOutput, lik: Likelihood, samples: usize, seed: u64) -> 
             }
             let p = match lik {
                 Likelihood::Binary => f.iter().map(|&v| sigmoid(v)).collect(),
-                _ => softmax_rows(&f, c),
+                _ => softmax_rows(&f, glm.classes),
             };
             for (o, pv) in out[s * c..(s + 1) * c].iter_mut().zip(&p) {
                 *o += pv / samples as f64;

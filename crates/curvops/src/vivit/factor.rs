@@ -15,7 +15,8 @@ use faer::Mat;
 /// A parameter group: its name and the layout entries (parameter tensors) it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {
-    /// `"all"`, the layer index (`"3"`) or the tensor name (`"3.weight"`).
+    /// `"all"`, the node's name (`"3"` for layer 3 of a chain; a tied tensor belongs to its
+    /// first user) or the tensor name (`"3.weight"`).
     pub name: String,
     /// Layout entries (active) of the group.
     pub entries: Vec<usize>,
@@ -48,7 +49,7 @@ impl<'a, T: Float> Vivit<'a, T> {
             FactorKind::Exact => cdim,
             FactorKind::MonteCarlo { samples, .. } => {
                 if samples == 0 {
-                    return Err(VivitError::Invalid("vivit: --mc-samples must be positive".into()));
+                    return Err(VivitError::Invalid("vivit: the number of MC samples must be positive".into()));
                 }
                 samples
             }
@@ -65,7 +66,7 @@ impl<'a, T: Float> Vivit<'a, T> {
             None => ((0..n).collect::<Vec<_>>(), None),
             Some((m, seed)) => {
                 if m == 0 || m > n {
-                    return Err(VivitError::Invalid(format!("vivit: --subsample must be in 1..={n}, got {m}")));
+                    return Err(VivitError::Invalid(format!("vivit: the subsample size must be in 1..={n}, got {m}")));
                 }
                 let mut rng = curvops_tensor::rng::Rng::new(seed ^ 0x5eed_51b5_a3b1_e000);
                 let mut idx: Vec<usize> = rng.permutation(n)[..m].to_vec();
@@ -89,7 +90,7 @@ impl<'a, T: Float> Vivit<'a, T> {
             }
             let name = match opts.grouping {
                 Grouping::Full => "all".to_string(),
-                Grouping::Layer => e.layer.to_string(),
+                Grouping::Layer => layout.node_names[e.layer].clone(),
                 Grouping::Param => e.name.clone(),
             };
             let gi = match groups.iter().position(|g| g.name == name) {

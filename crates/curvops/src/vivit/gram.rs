@@ -1,23 +1,29 @@
-//! The Gram matrix `G̃ = Vᵀ V` layer by layer, without forming `V`.
+//! The Gram matrix `G̃ = Vᵀ V` node by node, without forming `V`.
 //!
-//! Columns of `V` are indexed by `a = (n, r)` (sample-major). For a layer with output
-//! cotangents `g_a` (the backpropagated `√(c·w)·S_n e_r` at the layer output) and input `x_n`,
-//! the per-sample gradient of the weight is `g_a x_nᵀ` (linear) or `G_a U_nᵀ` (conv2d, `U_n` the
-//! unfolded input `[J, L]`, `G_a` `[O, L]`, per channel group), of the bias `g_a` (`Σ_l G_a`).
-//! Hence
+//! Columns of `V` are indexed by `a = (n, r)` (sample-major). For a node with output cotangents
+//! `g_a` (the backpropagated `√(c·w)·S_n e_r` at the node output, summed where values fan out)
+//! `G̃ = Σ_t Σ ⟨∇θ_t(a), ∇θ_t(b)⟩` over the parameter tensors `t`, from each node's
+//! [`Layer::gram_features`](curvops_nn::layers::Layer::gram_features):
 //!
-//! * linear: `G̃[a, b] = (g_aᵀ g_b)·(x_{n_a}ᵀ x_{n_b} + [bias])`: two small GEMMs;
-//! * conv2d (unfolded): `G̃[a, b] = ⟨G_a K_{n_a n_b}, G_b⟩_F` with `K_{nm} = U_nᵀ U_m` (`L × L`),
-//!   or (materialized) the Gram of the per-sample weight gradients — whichever costs fewer
-//!   flops (`ConvGram::Auto`);
-//! * any other layer (batch norm, …): the Gram of that layer's per-sample gradients.
+//! * factored ([`GradFactorShape`]: linear, conv2d): the weight gradient is
+//!   `G_{a,γ} U_{n,γ}ᵀ` per channel group `γ` (`U` the input at the `L` weight-sharing positions
+//!   — the rows of a linear layer's input, a convolution's unfolded patches — `G` the cotangent
+//!   there), the bias gradient `G_a 1`. Then
+//!   `G̃[a, b] = Σ_γ ⟨G_{a,γ} K_{n_a n_b, γ}, G_{b,γ}⟩ + ⟨G_a 1, G_b 1⟩`, `K_{nm,γ} = U_{n,γ}ᵀ U_{m,γ}`
+//!   (`L × L`), and for `L = 1` and one group `G̃[a, b] = (g_aᵀ g_b)(u_{n_a}ᵀ u_{n_b} + [bias])`:
+//!   two small GEMMs. With `L > 1` the factored form or the per-sample gradients, whichever
+//!   costs fewer flops (`ConvGram::Auto`);
+//! * any other node (batch norm, layer norm, embeddings, attention, `parameter`): the Gram of
+//!   that node's per-sample gradients;
+//! * a tensor tied between nodes: the per-sample gradients summed over its uses (the sum of
+//!   the uses' Grams would miss the cross terms).
 //!
-//! Memory: the features kept per layer are `N·R·O + N·I` (linear), `N·R·O·L + N·J·L`
-//! (conv2d, unfolded) or `N·R·D_l` (per-sample), plus one `N·R × N·R` Gram matrix per group;
-//! never a `D × D` matrix nor the whole of `V` unless a layer falls back to per-sample gradients.
+//! Memory: the features kept per node are `N·R·O·L + N·J·L` (factored) or `N·R·D_t`
+//! (per-sample), plus one `N·R × N·R` Gram matrix per group; never a `D × D` matrix nor the
+//! whole of `V` unless every node falls back to per-sample gradients.
 
 use super::ConvGram;
-use curvops_nn::layers::{Conv2d, Linear};
+use curvops_nn::layers::{GradFactorShape, GramFeatures};
 use curvops_nn::{ActiveSet, Network, Tape};
 use curvops_tensor::gemm::{view, view_mut};
 use curvops_tensor::{gemm, ops, threads, Float, Trans};
@@ -25,37 +31,48 @@ use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
 use faer::Accum;
 
-/// How a layer's features are kept.
+/// Where a feature's per-sample gradients come from.
 #[derive(Clone, Debug)]
-pub(crate) enum FeatKind {
-    /// `x` is `[N, I]` (empty without an active weight), `g` is `[N·R, O]`.
-    Linear { i: usize, o: usize },
-    /// `x` is the unfolded input `[N, G·Jg, L]`, `g` is `[N·R, O, L]`.
-    Conv { groups: usize, jg: usize, og: usize, l: usize },
-    /// Per tensor, per-sample gradients `[N·R, len]`.
-    PerSample,
+pub(crate) enum FeatSource {
+    /// A node's active, untied tensors, by its rule ([`LayerFeat::shape`] set when factored).
+    Node(usize),
+    /// A tied tensor (layout entry): per-sample gradients summed over its users.
+    Tied(usize),
 }
 
-/// What the Gram matrices need from one layer, over all samples of the pass.
+/// What the Gram matrices need from one node (or tied tensor), over all samples of the pass.
 #[derive(Clone, Debug)]
 pub(crate) struct LayerFeat<T> {
-    pub layer: usize,
-    pub kind: FeatKind,
-    /// Layout entry of the weight / bias (if active).
-    pub weight: Option<usize>,
-    pub bias: Option<usize>,
-    pub x: Vec<T>,
+    pub source: FeatSource,
+    /// Per role of the node: the layout entry it contributes (active, untied), else `None`.
+    pub roles: Vec<Option<usize>>,
+    /// The factorization, when the node's Gram is computed from its factors.
+    pub shape: Option<GradFactorShape>,
+    /// `U` `[N, G·J, L]` (empty without an active weight).
+    pub u: Vec<T>,
+    /// `G` `[N·R, G·O, L]`.
     pub g: Vec<T>,
-    /// `(layout entry, [N·R, len])` for [`FeatKind::PerSample`].
+    /// `(layout entry, [N·R, len])` for per-sample features.
     pub per: Vec<(usize, Vec<T>)>,
+}
+
+impl<T> LayerFeat<T> {
+    /// The weight's entry of a factored node (role 0).
+    fn weight(&self) -> Option<usize> {
+        self.roles.first().copied().flatten()
+    }
+    /// The bias's entry of a factored node (role 1).
+    fn bias(&self) -> Option<usize> {
+        self.roles.get(1).copied().flatten()
+    }
 }
 
 /// The memory of [`crate::vivit::Vivit::eigen`] by its phases, in bytes (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryEstimate {
-    /// The per-layer features kept for the Gram matrices.
+    /// The per-node features kept for the Gram matrices.
     pub features: usize,
-    /// One forward pass (layer inputs, unfolded inputs) of the `n` samples.
+    /// One forward pass (all values of the graph and what the nodes keep) of the `n` samples.
     pub tape: usize,
     /// Cotangent buffers of the backward pass with `R` columns per sample.
     pub backprop: usize,
@@ -71,7 +88,8 @@ pub struct MemoryEstimate {
 
 /// The heap [`crate::vivit::Vivit::eigen`] needs for `n` samples (one batch) with `r` columns
 /// each, `k` eigenvectors and a full (`full_eigh`) or Lanczos eigendecomposition of the Gram
-/// matrix: `O((nR)² + nR·D_group)`, never `D²`.
+/// matrix: `O((nR)² + nR·D_group)`, never `D²`. The forward pass's size per sample comes from a
+/// forward pass of one (zero) sample.
 pub fn memory_estimate<T: Float>(
     net: &Network<T>,
     active: &ActiveSet,
@@ -85,22 +103,19 @@ pub fn memory_estimate<T: Float>(
     let feats: Vec<LayerFeat<T>> = plan(net, active, n, r, conv);
     let mut features = 0;
     for f in &feats {
-        features += match f.kind {
-            FeatKind::Linear { i, o } => n * r * o + if f.weight.is_some() { n * i } else { 0 },
-            FeatKind::Conv { groups, jg, og, l } => {
-                n * r * groups * og * l + if f.weight.is_some() { n * groups * jg * l } else { 0 }
+        features += match f.shape {
+            Some(sh) => {
+                n * r * sh.groups * sh.o * sh.l + if f.weight().is_some() { n * sh.groups * sh.j * sh.l } else { 0 }
             }
-            FeatKind::PerSample => n * r * f.per.iter().map(|p| net.layout.entries[p.0].len).sum::<usize>(),
+            None => n * r * f.per.iter().map(|p| net.layout.entries[p.0].len).sum::<usize>(),
         };
     }
-    let stop = feats.iter().map(|f| f.layer).min().unwrap_or(net.layers.len());
-    let mut tape = n * net.out_size();
+    let stop = lowest_node(net, &feats);
+    let one = net.forward(&vec![T::zero(); net.num_params()], &vec![T::zero(); net.in_size()], 1);
+    let tape = n * one.bytes().div_ceil(b);
+    drop(one);
     let mut widest = net.out_size();
     for (l, layer) in net.layers.iter().enumerate() {
-        tape += n * layer.in_size();
-        if let Some(c) = layer.as_any().downcast_ref::<Conv2d>() {
-            tape += n * c.geom().col_rows() * c.geom().out_len();
-        }
         if l >= stop {
             widest = widest.max(layer.in_size()).max(layer.out_size());
         }
@@ -144,7 +159,8 @@ pub fn critical_batch_size<T: Float>(
     lo
 }
 
-/// Flop counts of the two conv2d forms for `n` samples with `r` columns each.
+/// Flop counts of the factored and the per-sample ("materialized") Gram of a factored node for
+/// `n` samples with `r` columns each.
 pub(crate) fn conv_costs(n: usize, r: usize, groups: usize, jg: usize, og: usize, l: usize) -> (f64, f64) {
     let (n, r, g, jg, og, l) = (n as f64, r as f64, groups as f64, jg as f64, og as f64, l as f64);
     let pairs = n * (n + 1.0) / 2.0;
@@ -153,8 +169,21 @@ pub(crate) fn conv_costs(n: usize, r: usize, groups: usize, jg: usize, og: usize
     (unfolded, materialized)
 }
 
-/// The features of every layer with an active parameter, empty, for a pass over `n` samples
-/// with `r` columns each.
+/// The lowest node any feature reads cotangents from.
+fn lowest_node<T: Float>(net: &Network<T>, feats: &[LayerFeat<T>]) -> usize {
+    let first_user = |e: usize| net.layout.entries[e].users.iter().copied().min().unwrap_or(usize::MAX);
+    feats
+        .iter()
+        .map(|f| match f.source {
+            FeatSource::Node(l) => l,
+            FeatSource::Tied(e) => first_user(e),
+        })
+        .min()
+        .unwrap_or(net.layers.len())
+}
+
+/// The features of every node with an active, untied parameter and of every active tied
+/// tensor, empty, for a pass over `n` samples with `r` columns each.
 pub(crate) fn plan<T: Float>(
     net: &Network<T>,
     active: &ActiveSet,
@@ -162,60 +191,49 @@ pub(crate) fn plan<T: Float>(
     r: usize,
     conv: ConvGram,
 ) -> Vec<LayerFeat<T>> {
+    let lay = &net.layout;
+    let tied = |i: usize| lay.entries[i].users.len() > 1;
     let mut out = Vec::new();
     for (l, layer) in net.layers.iter().enumerate() {
         if !active.layer_active[l] {
             continue;
         }
-        let mut weight = None;
-        let mut bias = None;
-        for i in net.layout.layer_entries[l].clone() {
-            if active.sub_offset[i].is_some() {
-                if net.layout.entries[i].name.ends_with(".weight") {
-                    weight = Some(i);
-                } else if net.layout.entries[i].name.ends_with(".bias") {
-                    bias = Some(i);
-                }
-            }
+        let roles: Vec<Option<usize>> =
+            lay.layer_entries[l].iter().map(|&i| (active.sub_offset[i].is_some() && !tied(i)).then_some(i)).collect();
+        if roles.iter().all(Option::is_none) {
+            continue;
         }
-        let any = layer.as_any();
-        let kind = if any.downcast_ref::<Linear>().is_some() {
-            FeatKind::Linear { i: layer.in_size(), o: layer.out_size() }
-        } else if let Some(c) = any.downcast_ref::<Conv2d>() {
-            let (groups, jg, l) = (c.groups(), c.jg(), c.geom().out_len());
-            let og = layer.out_shape()[0] / groups;
-            let unfolded = match conv {
-                ConvGram::Unfolded => true,
-                ConvGram::Materialized => false,
-                ConvGram::Auto => {
-                    let (u, m) = conv_costs(n, r, groups, jg, og, l);
-                    u <= m
+        let shape = layer.grad_factor_shape().filter(|sh| {
+            sh.l == 1
+                || match conv {
+                    ConvGram::Unfolded => true,
+                    ConvGram::Materialized => false,
+                    ConvGram::Auto => {
+                        let (u, m) = conv_costs(n, r, sh.groups, sh.j, sh.o, sh.l);
+                        u <= m
+                    }
                 }
-            };
-            if unfolded {
-                FeatKind::Conv { groups, jg, og, l }
-            } else {
-                FeatKind::PerSample
-            }
-        } else {
-            FeatKind::PerSample
-        };
-        let per = match kind {
-            FeatKind::PerSample => net.layout.layer_entries[l]
-                .iter()
-                .copied()
-                .filter(|&i| active.sub_offset[i].is_some())
-                .map(|i| (i, Vec::new()))
-                .collect(),
-            _ => Vec::new(),
-        };
-        out.push(LayerFeat { layer: l, kind, weight, bias, x: Vec::new(), g: Vec::new(), per });
+        });
+        let per = if shape.is_none() { roles.iter().flatten().map(|&i| (i, Vec::new())).collect() } else { Vec::new() };
+        out.push(LayerFeat { source: FeatSource::Node(l), roles, shape, u: Vec::new(), g: Vec::new(), per });
+    }
+    for (i, so) in active.sub_offset.iter().enumerate() {
+        if so.is_some() && tied(i) {
+            out.push(LayerFeat {
+                source: FeatSource::Tied(i),
+                roles: Vec::new(),
+                shape: None,
+                u: Vec::new(),
+                g: Vec::new(),
+                per: vec![(i, Vec::new())],
+            });
+        }
     }
     out
 }
 
 /// Backpropagates the output cotangents `cot` (`[n, R, C]`) of one batch and appends each
-/// planned layer's features.
+/// planned feature.
 pub(crate) fn collect<T: Float>(
     net: &Network<T>,
     theta: &[T],
@@ -225,52 +243,72 @@ pub(crate) fn collect<T: Float>(
     feats: &mut [LayerFeat<T>],
 ) {
     let n = tape.n;
-    let Some(stop) = feats.iter().map(|f| f.layer).min() else { return };
-    let mut by_layer: Vec<Option<usize>> = vec![None; net.layers.len()];
-    for (i, f) in feats.iter().enumerate() {
-        by_layer[f.layer] = Some(i);
+    if feats.is_empty() {
+        return;
     }
+    let stop = lowest_node(net, feats);
     let cots = net.backward_cotangents(theta, tape, cot, r, stop);
-    for l in (stop..net.layers.len()).rev() {
-        let layer = &net.layers[l];
-        let Some(cot) = cots[l + 1].as_deref() else { continue };
-        if let Some(fi) = by_layer[l] {
-            let f = &mut feats[fi];
-            match f.kind {
-                FeatKind::Linear { .. } => {
-                    if f.weight.is_some() {
-                        f.x.extend_from_slice(net.node_input(l, tape));
+    let lay = &net.layout;
+    for f in feats.iter_mut() {
+        match f.source {
+            FeatSource::Node(l) => {
+                let Some(cl) = cots[l + 1].as_deref() else {
+                    // no path to the output: zero gradients
+                    append_zeros(net, f, n, r);
+                    continue;
+                };
+                let want: Vec<bool> = f.roles.iter().map(Option::is_some).collect();
+                let factored = f.shape.is_some();
+                let feat = net.with_ctx(l, theta, tape, |c| net.layers[l].gram_features(c, cl, r, factored, &want));
+                match feat {
+                    GramFeatures::Factored(fx) => {
+                        f.u.extend_from_slice(&fx.u);
+                        f.g.extend_from_slice(&fx.g);
                     }
-                    f.g.extend_from_slice(cot);
-                }
-                FeatKind::Conv { .. } => {
-                    if f.weight.is_some() {
-                        match &tape.aux[l] {
-                            curvops_nn::layers::Aux::Cols(c) => f.x.extend_from_slice(c),
-                            _ => panic!("conv2d: forward pass did not keep cols"),
+                    GramFeatures::PerSample(bufs) => {
+                        for (role, b) in bufs.into_iter().enumerate() {
+                            if let (Some(Some(e)), Some(b)) = (f.roles.get(role), b) {
+                                let p = f.per.iter_mut().find(|p| p.0 == *e).expect("planned tensor");
+                                p.1.extend_from_slice(&b);
+                            }
                         }
                     }
-                    f.g.extend_from_slice(cot);
                 }
-                FeatKind::PerSample => {
-                    let range = net.layout.layer_entries[l].clone();
-                    let mut bufs: Vec<Option<Vec<T>>> = range
-                        .iter()
-                        .map(|&i| {
-                            f.per.iter().any(|p| p.0 == i).then(|| vec![T::zero(); n * r * net.layout.entries[i].len])
-                        })
-                        .collect();
+            }
+            FeatSource::Tied(e) => {
+                let len = lay.entries[e].len;
+                let mut sum = vec![T::zero(); n * r * len];
+                for &u in &lay.entries[e].users {
+                    let Some(cu) = cots[u + 1].as_deref() else { continue };
+                    let mut bufs: Vec<Option<Vec<T>>> =
+                        lay.layer_entries[u].iter().map(|&j| (j == e).then(|| vec![T::zero(); n * r * len])).collect();
                     {
                         let mut views: Vec<Option<&mut [T]>> = bufs.iter_mut().map(|b| b.as_deref_mut()).collect();
-                        net.with_ctx(l, theta, tape, |ctx| layer.vjp_param_per_sample(ctx, cot, r, &mut views));
+                        net.with_ctx(u, theta, tape, |c| net.layers[u].vjp_param_per_sample(c, cu, r, &mut views));
                     }
-                    for (i, b) in range.into_iter().zip(bufs) {
-                        if let Some(b) = b {
-                            let p = f.per.iter_mut().find(|p| p.0 == i).expect("planned tensor");
-                            p.1.extend_from_slice(&b);
-                        }
+                    for b in bufs.iter().flatten() {
+                        ops::axpy(T::one(), b, &mut sum);
                     }
                 }
+                f.per[0].1.extend_from_slice(&sum);
+            }
+        }
+    }
+}
+
+/// Zero features of a batch for a node whose output does not reach the loss.
+fn append_zeros<T: Float>(net: &Network<T>, f: &mut LayerFeat<T>, n: usize, r: usize) {
+    match f.shape {
+        Some(sh) => {
+            if f.weight().is_some() {
+                f.u.resize(f.u.len() + n * sh.groups * sh.j * sh.l, T::zero());
+            }
+            f.g.resize(f.g.len() + n * r * sh.groups * sh.o * sh.l, T::zero());
+        }
+        None => {
+            for p in &mut f.per {
+                let len = net.layout.entries[p.0].len;
+                p.1.resize(p.1.len() + n * r * len, T::zero());
             }
         }
     }
@@ -330,89 +368,75 @@ pub(crate) fn mirror_lower<T: Float>(out: &mut [T], m: usize) {
 /// unspecified: finish with [`mirror_lower`]).
 pub(crate) fn add_gram<T: Float>(f: &LayerFeat<T>, n: usize, r: usize, want: &dyn Fn(usize) -> bool, out: &mut [T]) {
     let m = n * r;
-    let want_w = f.weight.is_some_and(want);
-    let want_b = f.bias.is_some_and(want);
-    match f.kind {
-        FeatKind::Linear { i, o } => {
-            if !want_w && !want_b {
-                return;
-            }
-            let gg = syrk_lower(&f.g, m, o);
-            let xx = if want_w { syrk_lower(&f.x, n, i) } else { Vec::new() };
-            let bias = if want_b { T::one() } else { T::zero() };
-            for a in 0..m {
-                let na = a / r;
-                for b in 0..=a {
-                    let s = if want_w { xx[na * n + b / r] + bias } else { bias };
-                    out[a * m + b] += gg[a * m + b] * s;
-                }
+    let Some(sh) = f.shape else {
+        for (e, rows) in &f.per {
+            if want(*e) {
+                let len = rows.len() / m.max(1);
+                add_lower(out, &syrk_lower(rows, m, len));
             }
         }
-        FeatKind::Conv { groups, jg, og, l } => {
-            let o = groups * og;
-            if want_b {
-                // per-sample bias gradients Σ_l G_a[o, l]: [m, O]
-                let mut gb = vec![T::zero(); m * o];
-                for (a, row) in gb.chunks_exact_mut(o).enumerate() {
-                    for (oo, v) in row.iter_mut().enumerate() {
-                        *v = f.g[(a * o + oo) * l..(a * o + oo + 1) * l].iter().copied().sum();
-                    }
-                }
-                add_lower(out, &syrk_lower(&gb, m, o));
+        return;
+    };
+    let want_w = f.weight().is_some_and(want);
+    let want_b = f.bias().is_some_and(want);
+    if !want_w && !want_b {
+        return;
+    }
+    let (groups, jg, og, l) = (sh.groups, sh.j, sh.o, sh.l);
+    let o = groups * og;
+    if l == 1 && groups == 1 {
+        // G̃[a, b] = (g_aᵀ g_b)·(x_{n_a}ᵀ x_{n_b} + [bias])
+        let gg = syrk_lower(&f.g, m, o);
+        let xx = if want_w { syrk_lower(&f.u, n, jg) } else { Vec::new() };
+        let bias = if want_b { T::one() } else { T::zero() };
+        for a in 0..m {
+            let na = a / r;
+            for b in 0..=a {
+                let s = if want_w { xx[na * n + b / r] + bias } else { bias };
+                out[a * m + b] += gg[a * m + b] * s;
             }
-            if want_w {
-                let cs = groups * jg * l;
-                let mut k = vec![T::zero(); l * l];
-                let mut y = vec![T::zero(); r * og * l];
-                let gs = o * l; // cotangent size per column
-                for na in 0..n {
-                    for nb in 0..=na {
-                        for gi in 0..groups {
-                            let ua = &f.x[na * cs + gi * jg * l..na * cs + (gi + 1) * jg * l];
-                            let ub = &f.x[nb * cs + gi * jg * l..nb * cs + (gi + 1) * jg * l];
-                            // K = U_aᵀ U_b: [L, L]
-                            gemm(l, l, jg, T::one(), ua, l, Trans::T, ub, l, Trans::N, T::zero(), &mut k, l);
-                            // Y_ra = G_{na, ra}[group rows] K: [og, L] per ra
-                            for ra in 0..r {
-                                let ga = &f.g[(na * r + ra) * gs + gi * og * l..];
-                                gemm(
-                                    og,
-                                    l,
-                                    l,
-                                    T::one(),
-                                    ga,
-                                    l,
-                                    Trans::N,
-                                    &k,
-                                    l,
-                                    Trans::N,
-                                    T::zero(),
-                                    &mut y[ra * og * l..],
-                                    l,
-                                );
-                            }
-                            for ra in 0..r {
-                                let ya = &y[ra * og * l..(ra + 1) * og * l];
-                                for rb in 0..r {
-                                    let off = (nb * r + rb) * gs + gi * og * l;
-                                    let v = ops::dot(ya, &f.g[off..off + og * l]);
-                                    let (a, b) = (na * r + ra, nb * r + rb);
-                                    out[a * m + b] += v;
-                                    if na != nb {
-                                        out[b * m + a] += v;
-                                    }
-                                }
+        }
+        return;
+    }
+    if want_b {
+        // per-sample bias gradients Σ_l G_a[o, l]: [m, O]
+        let mut gb = vec![T::zero(); m * o];
+        for (a, row) in gb.chunks_exact_mut(o).enumerate() {
+            for (oo, v) in row.iter_mut().enumerate() {
+                *v = f.g[(a * o + oo) * l..(a * o + oo + 1) * l].iter().copied().sum();
+            }
+        }
+        add_lower(out, &syrk_lower(&gb, m, o));
+    }
+    if want_w {
+        let cs = groups * jg * l;
+        let mut k = vec![T::zero(); l * l];
+        let mut y = vec![T::zero(); r * og * l];
+        let gs = o * l; // cotangent size per column
+        for na in 0..n {
+            for nb in 0..=na {
+                for gi in 0..groups {
+                    let ua = &f.u[na * cs + gi * jg * l..na * cs + (gi + 1) * jg * l];
+                    let ub = &f.u[nb * cs + gi * jg * l..nb * cs + (gi + 1) * jg * l];
+                    // K = U_aᵀ U_b: [L, L]
+                    gemm(l, l, jg, T::one(), ua, l, Trans::T, ub, l, Trans::N, T::zero(), &mut k, l);
+                    // Y_ra = G_{na, ra}[group rows] K: [og, L] per ra
+                    for ra in 0..r {
+                        let ga = &f.g[(na * r + ra) * gs + gi * og * l..];
+                        gemm(og, l, l, T::one(), ga, l, Trans::N, &k, l, Trans::N, T::zero(), &mut y[ra * og * l..], l);
+                    }
+                    for ra in 0..r {
+                        let ya = &y[ra * og * l..(ra + 1) * og * l];
+                        for rb in 0..r {
+                            let off = (nb * r + rb) * gs + gi * og * l;
+                            let v = ops::dot(ya, &f.g[off..off + og * l]);
+                            let (a, b) = (na * r + ra, nb * r + rb);
+                            out[a * m + b] += v;
+                            if na != nb {
+                                out[b * m + a] += v;
                             }
                         }
                     }
-                }
-            }
-        }
-        FeatKind::PerSample => {
-            for (e, rows) in &f.per {
-                if want(*e) {
-                    let len = rows.len() / m.max(1);
-                    add_lower(out, &syrk_lower(rows, m, len));
                 }
             }
         }

@@ -45,7 +45,7 @@ impl<T: Float> LinearOperator<T> for LowRankGgn<T> {
     fn describe(&self) -> String {
         format!("vivit low-rank ggn (D={}, rank {})", self.eig.dim(), self.eig.rank())
     }
-    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) {
+    fn apply(&self, mut out: MatMut<'_, T>, rhs: MatRef<'_, T>) -> Result<(), LinalgError> {
         let (r, k) = (self.eig.rank(), rhs.ncols());
         let u = self.eig.vectors.as_ref();
         let mut c = Mat::<T>::zeros(r, k);
@@ -57,9 +57,10 @@ impl<T: Float> LinearOperator<T> for LowRankGgn<T> {
         }
         if r == 0 {
             out.fill(T::zero());
-            return;
+            return Ok(());
         }
         matmul(out.as_mut(), Accum::Replace, u, c.as_ref(), T::one(), threads::par());
+        Ok(())
     }
     fn trace(&self) -> Result<T, LinalgError> {
         Ok(self.eig.values.iter().copied().sum())

@@ -100,7 +100,7 @@ pub fn newton_step<T: Float>(
     let deltas: Vec<Option<f64>> = match damping {
         Damping::Constant(d) => {
             if !(d.is_finite() && *d >= 0.0) {
-                return Err(VivitError::Invalid(format!("--damping must be ≥ 0, got {d}")));
+                return Err(VivitError::Invalid(format!("the Newton step's damping must be ≥ 0, got {d}")));
             }
             vec![Some(*d); k]
         }

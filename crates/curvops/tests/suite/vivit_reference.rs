@@ -1,11 +1,11 @@
-//! ViViT against the dense float64 references of `testdata/reference` and `testdata/extra`:
+//! ViViT against the dense float64 references of `testdata/reference`, `testdata/extra` and the
+//! graph problems of `../shared/reference-graph` (residual block, LayerNorm MLP, tiny GPT with
+//! sequence outputs and a tied embedding):
 //! Gram eigenvalues = the dense GGN's (whole network and its layer / tensor diagonal blocks),
 //! eigenvector residuals, per-sample directional derivatives, the damped Newton step and the
 //! Woodbury solve.
 
-mod common;
-
-use common::{ErrorLog, Reference, EXTRA, PROBLEMS};
+use crate::common::{ErrorLog, Reference, EXTRA, GRAPH_PROBLEMS, PROBLEMS};
 use curvops::vivit::{newton_step, ConvGram, Damping, Grouping, LowRankGgn, Vivit, VivitOptions};
 use curvops::{ActiveSet, LinearOperator, Problem};
 use curvops_linalg::Eigh;
@@ -22,6 +22,10 @@ fn all_problems() -> Vec<(Problem<f64>, Reference, String)> {
         .collect();
     v.extend(EXTRA.iter().map(|n| {
         let (p, r) = Reference::load_extra(n);
+        (p, r, n.to_string())
+    }));
+    v.extend(GRAPH_PROBLEMS.iter().map(|n| {
+        let (p, r) = Reference::load_graph(n);
         (p, r, n.to_string())
     }));
     v
@@ -184,7 +188,7 @@ fn eigenvectors_directional_derivatives_newton_and_woodbury() {
         let want: Vec<f64> = (0..d).map(|i| xd[(i, 0)]).collect();
         log.rel("Woodbury solve", &name, &got, &want);
         // the operator itself: V Vᵀ = G
-        let dense_op = op.to_dense();
+        let dense_op = op.to_dense().unwrap();
         let got: Vec<f64> = (0..d * d).map(|t| dense_op[(t / d, t % d)]).collect();
         log.rel("V Vᵀ = G", &name, &got, &g);
     }
@@ -257,6 +261,27 @@ fn parameter_subset_matches_dense_block() {
         let e = v.eigen(3).unwrap();
         log.check("eigenvalues (--params last layer)", &name, compare_spectrum(&e.nonzero, &block_eigs(&g, d, &idx)));
         assert_eq!(e.vectors.len(), e.k() * idx.len());
+    }
+    log.finish();
+}
+
+/// The graph references: the top-5 ViViT eigenvalues (exact factor, `N·T·V` columns for the
+/// language model) equal `meta.json`'s top-5 GGN eigenvalues, for the whole data in one batch
+/// and in batches of `batch_size`.
+#[test]
+fn graph_top5_match_meta_scalars() {
+    let mut log = ErrorLog::new(1e-10);
+    for name in GRAPH_PROBLEMS {
+        let (p, r) = Reference::load_graph(name);
+        let want: Vec<f64> =
+            r.meta["scalars"]["ggn"]["top5"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        for bs in [0, r.batch_size()] {
+            let o = VivitOptions { batch_size: bs, ..Default::default() };
+            let v = Vivit::new(&p, ActiveSet::all(&p.net.layout), o).unwrap();
+            assert_eq!(v.columns(), p.data.n * p.net.out_size(), "{name}: exact factor columns");
+            let e = v.eigen(5).unwrap();
+            log.rel("top-5 GGN eigenvalues (meta.json)", format!("{name} bs={bs}"), &e.values, &want);
+        }
     }
     log.finish();
 }

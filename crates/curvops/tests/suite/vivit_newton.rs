@@ -2,9 +2,7 @@
 //! per-sample derivatives (where the right choice is known), determinism and the top-k
 //! (Lanczos) spectrum against the full one.
 
-mod common;
-
-use common::Reference;
+use crate::common::Reference;
 use curvops::vivit::{newton_step, Damping, Directional, Eigenpairs, Grouping, Spectrum, Vivit, VivitOptions};
 use curvops::ActiveSet;
 

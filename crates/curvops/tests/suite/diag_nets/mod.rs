@@ -141,3 +141,105 @@ pub fn losses() -> Vec<(Loss, bool)> {
 pub fn diag_of(m: &[f64], d: usize) -> Vec<f64> {
     (0..d).map(|i| m[i * d + i]).collect()
 }
+
+/// A graph on `[3, 4]` inputs whose second derivatives are all elementwise (the Hessian
+/// diagonal's residual columns apply): linear on three rows per sample, a transposed linear,
+/// smooth activations, a fan-out into a residual add and a concat, mean over rows, head.
+/// `LOSS`, `REDUCTION`, `OUT` are placeholders.
+pub const SMOOTH_GRAPH: &str = r#"{
+  "input_shape": [3, 4],
+  "nodes": [
+    {"name": "fc1", "type": "linear", "in_features": 4, "out_features": 5, "inputs": ["x"]},
+    {"name": "a1", "type": "tanh"},
+    {"name": "fc2", "type": "linear", "in_features": 5, "out_features": 5, "transposed": true},
+    {"name": "a2", "type": "gelu"},
+    {"name": "res", "type": "add", "inputs": ["a1", "a2"]},
+    {"name": "s", "type": "sigmoid"},
+    {"name": "cat", "type": "concat", "dim": 1, "inputs": ["s", "a1"]},
+    {"name": "pool", "type": "mean", "dims": [0]},
+    {"name": "head", "type": "linear", "in_features": 10, "out_features": OUT}
+  ],
+  "loss": {"type": "LOSS", "reduction": "REDUCTION"}
+}"#;
+
+/// [`SMOOTH_GRAPH`] with a tied weight (`fc3` reuses `fc2.weight`), a `parameter` added, and
+/// sequence outputs `[3, OUT]` (no pooling).
+pub const TIED_GRAPH: &str = r#"{
+  "input_shape": [3, 4],
+  "nodes": [
+    {"name": "fc1", "type": "linear", "in_features": 4, "out_features": 5, "inputs": ["x"]},
+    {"name": "a1", "type": "tanh"},
+    {"name": "fc2", "type": "linear", "in_features": 5, "out_features": 5, "transposed": true},
+    {"name": "a2", "type": "silu"},
+    {"name": "pos", "type": "parameter", "shape": [5]},
+    {"name": "res", "type": "add", "inputs": ["a1", "a2", "pos"]},
+    {"name": "fc3", "type": "linear", "in_features": 5, "out_features": 5, "bias": false, "transposed": true,
+     "params": {"weight": "fc2.weight"}},
+    {"name": "s", "type": "sigmoid"},
+    {"name": "head", "type": "linear", "in_features": 5, "out_features": OUT}
+  ],
+  "loss": {"type": "LOSS", "reduction": "REDUCTION"}
+}"#;
+
+/// A small GPT (token ids, embedding + learned positions, layer norm, causal attention, GELU
+/// MLP, residual adds, output layer tied to the embedding), sequence outputs `[5, 7]`.
+pub const GPT_GRAPH: &str = r#"{
+  "inputs": {"x": {"shape": [5], "dtype": "int"}},
+  "nodes": [
+    {"name": "wte", "type": "embedding", "num_embeddings": 7, "embedding_dim": 6, "inputs": ["x"]},
+    {"name": "wpe", "type": "parameter", "shape": [5, 6]},
+    {"name": "h0", "type": "add", "inputs": ["wte", "wpe"]},
+    {"name": "ln1", "type": "layernorm", "normalized_shape": 6, "inputs": ["h0"]},
+    {"name": "attn", "type": "multihead_attention", "embed_dim": 6, "num_heads": 2, "causal": true},
+    {"name": "h1", "type": "add", "inputs": ["h0", "attn"]},
+    {"name": "ln2", "type": "layernorm", "normalized_shape": [6]},
+    {"name": "fc", "type": "linear", "in_features": 6, "out_features": 9},
+    {"name": "act", "type": "gelu", "approximate": "tanh"},
+    {"name": "proj", "type": "linear", "in_features": 9, "out_features": 6, "transposed": true},
+    {"name": "h2", "type": "add", "inputs": ["h1", "proj"]},
+    {"name": "lm_head", "type": "linear", "in_features": 6, "out_features": 7, "bias": false,
+     "params": {"weight": "wte.weight"}}
+  ],
+  "loss": {"type": "cross_entropy", "reduction": "REDUCTION"}
+}"#;
+
+/// A random problem for a graph spec (`model.json` text): weights `0.5·N(0, 1)`, inputs and
+/// targets of the loss (class ids per position for sequence cross-entropy).
+pub fn random_graph_problem<T: Float>(json: &str, n: usize, seed: u64) -> Problem<T> {
+    let spec = curvops_nn::spec::parse_model(json, "<test>").unwrap_or_else(|e| panic!("{e}"));
+    let net = spec.build::<T>("<test>", &|_, _| unreachable!("no batch norm")).unwrap_or_else(|e| panic!("{e}"));
+    let mut rng = Rng::new(seed);
+    let theta: Vec<T> = (0..net.num_params()).map(|_| T::of(0.5 * rng.normal())).collect();
+    let s: usize = spec.input_shape.iter().product();
+    let x: Vec<T> = if spec.input_int {
+        (0..n * s).map(|_| T::of(rng.below(7) as f64)).collect()
+    } else {
+        (0..n * s).map(|_| T::of(rng.normal())).collect()
+    };
+    let c = net.out_size();
+    let t = net.loss.positions;
+    let (y, w) = match net.loss.kind {
+        LossKind::CrossEntropy => (
+            Targets::Classes((0..n * t).map(|_| rng.below((c / t) as u64) as usize).collect()),
+            if t > 1 { t } else { 0 },
+        ),
+        LossKind::BceWithLogits => (Targets::Dense((0..n * c).map(|_| T::of(rng.uniform())).collect()), c),
+        LossKind::Mse => (Targets::Dense((0..n * c).map(|_| T::of(rng.normal())).collect()), c),
+    };
+    Problem { net, theta, data: Dataset { x, sample_shape: spec.input_shape.clone(), n, y, target_width: w } }
+}
+
+/// The graphs above with every loss and reduction they take (`(name, model.json)`).
+pub fn graph_specs() -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for red in ["mean", "sum"] {
+        for (loss, out) in [("cross_entropy", "3"), ("mse", "2"), ("bce_with_logits", "2")] {
+            for (g, json) in [("smooth", SMOOTH_GRAPH), ("tied", TIED_GRAPH)] {
+                let j = json.replace("LOSS", loss).replace("REDUCTION", red).replace("OUT", out);
+                v.push((format!("{g} {loss} {red}"), j));
+            }
+        }
+        v.push((format!("gpt {red}"), GPT_GRAPH.replace("REDUCTION", red)));
+    }
+    v
+}

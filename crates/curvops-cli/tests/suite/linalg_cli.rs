@@ -3,9 +3,7 @@
 //! matrices, `solve --damping` equals the dense solve of (A + λI) x = ∇L, and the same with
 //! `--blocks layer` against the dense block diagonal (`solve`, `logdet`, `eigs`).
 
-mod common;
-
-use common::{chol_solve, damped, logdet_spd, npy, ok, ok_json as json, reference, rel};
+use crate::common::{chol_solve, damped, logdet_spd, npy, ok, ok_json as json, reference, rel};
 use faer::Mat;
 
 const PROBLEMS: [&str; 6] = [

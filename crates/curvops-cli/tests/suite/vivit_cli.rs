@@ -303,3 +303,75 @@ fn vivit_errors_are_one_line() {
         assert!(err.contains(flag), "{a:?}: {err}");
     }
 }
+
+fn graph_reference(name: &str) -> PathBuf {
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/reference-graph").join(name);
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference-graph").join(name)
+}
+
+/// `curvops vivit --k 5` on the graph references (residual block, LayerNorm MLP, tiny GPT with
+/// a tied embedding and sequence outputs): the top-5 eigenvalues of `meta.json`, the layer and
+/// tensor blocks against the dense GGN's diagonal blocks, and the MC factor runs.
+#[test]
+fn vivit_on_graph_references() {
+    for name in ["resnet_block_ce", "layernorm_mlp_mse", "tiny_gpt_ce"] {
+        let dir = graph_reference(name);
+        let ds = dir.to_str().unwrap();
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+        let want: Vec<f64> =
+            m["scalars"]["ggn"]["top5"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let bs = m["batch_size"].to_string();
+        let tmp = Tmp::new(&format!("graph-{name}"));
+        let out = tmp.0.to_str().unwrap();
+        let j = ok_json(&["vivit", "--problem", ds, "--batch-size", &bs, "--k", "5", "--out-dir", out, "--json"]);
+        let lam = values(&j);
+        assert_eq!(lam.len(), 5, "{name}");
+        for i in 0..5 {
+            assert!((lam[i] - want[i]).abs() <= 1e-10 * want[0], "{name}: λ_{i} {} vs {}", lam[i], want[i]);
+        }
+        let d = m["D"].as_u64().unwrap() as usize;
+        assert_eq!(npy(&tmp.path("eigenvectors.npy")).0, vec![d, 5]);
+        // blocks: per node (a tied tensor belongs to its first user) and per tensor
+        let p = curvops_nn::io::load_problem::<f64>(
+            &dir.join("model.json"),
+            &dir.join("weights.safetensors"),
+            &dir.join("data.safetensors"),
+        )
+        .unwrap();
+        let g = npy(&dir.join("ref/ggn.npy")).1;
+        let entries = &p.net.layout.entries;
+        for (blocks, by_node) in [("layer", true), ("param", false)] {
+            let j = ok_json(&["vivit", "--problem", ds, "--k", "5", "--blocks", blocks, "--json"]);
+            let lam = values(&j);
+            let mut groups: Vec<Vec<usize>> = Vec::new();
+            let mut names: Vec<String> = Vec::new();
+            for e in entries {
+                let gname = if by_node { e.layer.to_string() } else { e.name.clone() };
+                let gi = names.iter().position(|x| *x == gname).unwrap_or_else(|| {
+                    names.push(gname);
+                    groups.push(Vec::new());
+                    names.len() - 1
+                });
+                groups[gi].extend(e.offset..e.offset + e.len);
+            }
+            let mut mu: Vec<f64> = groups.iter().flat_map(|idx| eigs(&g, d, idx)).collect();
+            mu.sort_by(|a, b| b.partial_cmp(a).unwrap());
+            for i in 0..5 {
+                assert!(
+                    (lam[i] - mu[i]).abs() <= 1e-9 * mu[0],
+                    "{name} --blocks {blocks}: λ_{i} {} vs {}",
+                    lam[i],
+                    mu[i]
+                );
+            }
+        }
+        // the MC factor (one draw per token for the language model)
+        let j = ok_json(&["vivit", "--problem", ds, "--k", "3", "--mc-samples", "2", "--seed", "4", "--json"]);
+        let lam = values(&j);
+        assert!(lam.len() == 3 && lam.iter().all(|x| x.is_finite() && *x > 0.0), "{name}: MC {lam:?}");
+    }
+}

@@ -5,9 +5,9 @@
 //! the summed loss (exactly, or its diagonal, or its KFAC blocks); the marginal-likelihood
 //! optimum is a stationary point; saving and loading round-trips.
 
-mod common;
+use crate::common;
 
-use common::Reference;
+use crate::common::Reference;
 use curvops::dense::{dense_curvature, dense_jacobian};
 use curvops::laplace::marglik::{optimize_marglik, MarglikOptions, PriorStructure};
 use curvops::laplace::{
@@ -426,4 +426,81 @@ fn save_and_load_round_trip() {
         assert_eq!(a, b, "{}", st.name());
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A graph reference problem and the same network on 5 of its inputs (perturbed when they are
+/// floats; token ids are kept).
+fn load_graph(name: &str) -> (Problem<f64>, Problem<f64>, Reference) {
+    let (p, r) = Reference::load_graph(name);
+    let (mut t, _) = Reference::load_graph(name);
+    let idx: Vec<usize> = (0..t.data.n.min(5)).collect();
+    t.data = t.data.select(&idx);
+    if !t.net.input_int {
+        for (i, v) in t.data.x.iter_mut().enumerate() {
+            *v += 0.1 * ((i as f64) * 0.7).sin();
+        }
+    }
+    (p, t, r)
+}
+
+/// The graph references (residual block with batch norm, LayerNorm MLP, tiny GPT with a tied
+/// embedding and sequence outputs): every structure over all parameters and over the last
+/// layer (the tied `wte.weight` for the GPT) equals its dense formulas — curvature, log
+/// marginal likelihood, covariance, predictive variance — and the log-likelihood is the sum
+/// over all outputs (all tokens) of the reference loss.
+#[test]
+fn graph_references_all_structures() {
+    for name in common::GRAPH_PROBLEMS {
+        let (p, test, r) = load_graph(name);
+        let all = ActiveSet::all(&p.net.layout);
+        let last = laplace::last_layer(&p.net).unwrap();
+        if name == "tiny_gpt_ce" {
+            let names: Vec<&str> = last.names(&p.net.layout).iter().map(|(e, _)| e.name.as_str()).collect();
+            assert_eq!(names, ["wte.weight"], "the tied output layer's tensor");
+        }
+        // log-likelihood: −Σ over all outputs (tokens) of the loss
+        let (_, loss) = r.array("loss");
+        let n_out = (p.data.n * p.net.out_size()) as f64;
+        let n_terms = match p.net.loss.kind {
+            curvops_nn::LossKind::CrossEntropy => (p.data.n * p.net.loss.positions) as f64,
+            _ => n_out,
+        };
+        let want_ll = match p.net.loss.kind {
+            curvops_nn::LossKind::Mse => -0.5 * loss[0] * n_terms - n_out * (2.0 * std::f64::consts::PI).sqrt().ln(),
+            _ => -loss[0] * n_terms,
+        };
+        for (set, sname) in [(&all, "all"), (&last, "last-layer")] {
+            let h = dense_h(&p, set, Curvature::Ggn);
+            for st in [
+                HessianStructure::Full,
+                HessianStructure::Diag,
+                HessianStructure::Kron,
+                HessianStructure::LowRank { rank: 5 },
+            ] {
+                let what = format!("{name} {sname} {}", st.name());
+                let o = LaplaceOptions { lanczos_tol: 1e-12, ..opts(st, Curvature::Ggn) };
+                let fit = laplace::fit(&p, set.clone(), None, &o, &|_, _| {}).unwrap_or_else(|e| panic!("{what}: {e}"));
+                match &fit.h {
+                    HessianApprox::Full(hf) => assert!(rel(hf, &h) < 1e-10, "{what}: H rel err {}", rel(hf, &h)),
+                    HessianApprox::Diag(dv) => {
+                        let want: Vec<f64> = (0..set.dim).map(|i| h[(i, i)]).collect();
+                        assert!(relv(dv, &want) < 1e-10, "{what}: diag rel err {}", relv(dv, &want));
+                    }
+                    HessianApprox::LowRank { lambda, .. } => {
+                        let ev = curvops_linalg::Eigh::from_dense(h.as_ref()).unwrap();
+                        for (l, e) in lambda.iter().zip(&ev.values) {
+                            assert!((l - e).abs() < 1e-8 * ev.values[0], "{what}: eigenvalue {l} vs {e}");
+                        }
+                    }
+                    HessianApprox::Kron(blocks) => assert_eq!(blocks.len(), fit.groups.len(), "{what}"),
+                }
+                let post = Posterior::new(&fit, PriorPrecision::Scalar(0.7), 1.0, 1.0).unwrap();
+                let ll = post.log_likelihood();
+                assert!((ll - want_ll).abs() < 1e-10 * want_ll.abs(), "{what}: log-likelihood {ll} vs {want_ll}");
+                check_posterior(&post, &test, &format!("{what} τ=0.7"));
+                let lw = PriorPrecision::Layerwise((0..fit.groups.len()).map(|g| 0.3 + 0.5 * g as f64).collect());
+                check_posterior(&Posterior::new(&fit, lw, 1.0, 1.0).unwrap(), &test, &format!("{what} layerwise"));
+            }
+        }
+    }
 }

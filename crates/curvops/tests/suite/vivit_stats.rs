@@ -2,9 +2,7 @@
 //! seeds, the means of `tr(VᵀV)` (from the Gram path) and of quadratic forms `‖Vᵀu‖²` equal
 //! `tr G` and `uᵀ G u` of the dense GGN to within 4 standard errors of the mean.
 
-mod common;
-
-use common::{Reference, EXTRA, PROBLEMS};
+use crate::common::{Reference, EXTRA, PROBLEMS};
 use curvops::vivit::{FactorKind, Vivit, VivitOptions};
 use curvops::ActiveSet;
 

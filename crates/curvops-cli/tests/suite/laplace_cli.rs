@@ -434,3 +434,91 @@ fn demo_reports_calibration_before_and_after() {
     assert!(la < map, "shifted NLL: Laplace {la} vs MAP {map}");
     assert!(d["laplace_prior_precision"]["full_all"].as_f64().unwrap() > 0.0);
 }
+
+fn graph_reference(name: &str) -> PathBuf {
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/reference-graph").join(name);
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference-graph").join(name)
+}
+
+/// `curvops train` on the graph references: the loss decreases, the output has the input's keys
+/// (the tied `wte.weight` once), shapes and dtypes; batch norm gets its evaluation-mode warning.
+/// Then `laplace evaluate` on the trained weights for several structures and subsets.
+#[test]
+fn train_and_laplace_on_graph_references() {
+    for name in ["resnet_block_ce", "layernorm_mlp_mse", "tiny_gpt_ce"] {
+        let dir = tmp(&format!("graph-{name}"));
+        let src = graph_reference(name);
+        let out = dir.join("w.safetensors").display().to_string();
+        let args = [
+            "train",
+            "--problem",
+            src.to_str().unwrap(),
+            "--epochs",
+            "20",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.01",
+            "--batch-size",
+            "4",
+            "--out",
+            &out,
+            "--json",
+        ];
+        let (code, stdout, stderr) = run(&args);
+        assert_eq!(code, 0, "{name}: {stderr}");
+        assert_eq!(stderr.contains("batch norm"), name == "resnet_block_ce", "{name}: {stderr}");
+        let o: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        let (l0, l1) = (o["loss_initial"].as_f64().unwrap(), o["loss"].as_f64().unwrap());
+        assert!(l1 < 0.8 * l0, "{name}: loss {l0} → {l1}");
+        if name != "layernorm_mlp_mse" {
+            let acc = o["train_accuracy"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&acc), "{name}: accuracy {acc}");
+        }
+        let (got, want) = (tensors(&out), tensors(&src.join("weights.safetensors").display().to_string()));
+        assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{name}: keys");
+        for (k, (dtype, shape, _)) in &got {
+            assert_eq!((dtype, shape), (&want[k].0, &want[k].1), "{name}: {k}");
+        }
+        // Laplace on the trained network (test data = the training data)
+        let data = src.join("data.safetensors").display().to_string();
+        let model = src.join("model.json").display().to_string();
+        for (structure, subset) in [("full", "all"), ("diag", "all"), ("kfac", "all"), ("full", "last-layer")] {
+            let j = ok_json(&[
+                "laplace",
+                "evaluate",
+                "--model",
+                &model,
+                "--weights",
+                &out,
+                "--data",
+                &data,
+                "--test-data",
+                &data,
+                "--structure",
+                structure,
+                "--subset",
+                subset,
+                "--prior",
+                "marglik",
+                "--json",
+            ]);
+            let lml = j["log_marginal_likelihood"].as_f64().unwrap();
+            assert!(lml.is_finite(), "{name} {structure}/{subset}: {j}");
+            if name != "layernorm_mlp_mse" {
+                for k in ["map", "laplace"] {
+                    let acc = j[k]["accuracy"].as_f64().unwrap();
+                    let nll = j[k]["nll"].as_f64().unwrap();
+                    assert!(
+                        (0.0..=1.0).contains(&acc) && nll.is_finite() && nll > 0.0,
+                        "{name} {structure}/{subset} {k}: {j}"
+                    );
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
