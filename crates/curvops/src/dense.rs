@@ -8,6 +8,7 @@
 //! * The Jacobian's rows are per-sample backward passes with the `C` unit cotangents.
 
 use crate::curvature::{Curvature, CurvatureOperator};
+use crate::walk::DataWalk;
 use crate::Problem;
 use curvops_linalg::{LinalgError, LinearOperator};
 use curvops_nn::ActiveSet;
@@ -73,7 +74,7 @@ pub fn dense_jacobian<T: Float>(p: &Problem<T>, active: &ActiveSet, batch_size: 
     let net = &p.net;
     let (cdim, d) = (net.out_size(), active.dim);
     let mut out = vec![T::zero(); p.data.n * cdim * d];
-    for batch in p.data.batches(batch_size) {
+    for batch in DataWalk::new(&p.data, batch_size).batches() {
         let tape = net.forward(&p.theta, batch.x, batch.n);
         let mut eye = vec![T::zero(); batch.n * cdim * cdim];
         for s in 0..batch.n {

@@ -136,7 +136,7 @@ pub fn loss_and_accuracy<T: Float>(net: &Network<T>, theta: &[T], d: &Dataset<T>
     let mut loss = 0.0;
     let mut hits = 0usize;
     let mut labels = 0usize;
-    for b in d.batches(1024) {
+    for b in curvops::DataWalk::new(d, 1024).batches() {
         let f = net.predict(theta, b.x, b.n);
         loss += net.loss.values(&f, b.y, b.n, c).iter().map(|v| v.as_f64()).sum::<f64>();
         if let curvops_nn::TargetsRef::Classes(y) = b.y {

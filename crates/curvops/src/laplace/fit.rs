@@ -7,6 +7,7 @@ use crate::curvature::{Curvature, CurvatureOperator};
 use crate::dense::dense_curvature;
 use crate::diag::{curvature_diag_with_loss, DiagKind};
 use crate::kfac::{fit_kfac, FisherType, KfacApprox, KfacOptions};
+use crate::walk::DataWalk;
 use crate::Problem;
 use curvops_linalg::algebra::ScaledOp;
 use curvops_linalg::eigen::{eigsh, EigshOptions, Which};
@@ -273,7 +274,7 @@ pub(crate) fn output_factor<T: Float>(
         Curvature::Ggn => net.loss.hess_factor(f, batch.y, n, c),
         Curvature::Ef => (net.loss.grad(f, batch.y, n, c), 1),
         Curvature::FisherMc { samples, seed } => {
-            let mut g = net.loss.sampled_grads(f, n, c, seed, batch.start, samples);
+            let mut g = net.loss.sampled_grads_batch(f, batch, c, seed, samples);
             curvops_tensor::ops::scale(T::of(1.0 / (samples as f64).sqrt()), &mut g);
             (g, samples)
         }
@@ -352,9 +353,8 @@ pub fn fit<T: Float>(
         HessianStructure::Kron => HessianApprox::Kron(kfac(problem, &active, opts, s, &groups)?),
         HessianStructure::LowRank { rank } => low_rank(problem, &active, opts, s, rank)?,
     };
-    let loss = s * loss_sum.unwrap_or_else(|| {
-        crate::diag::summed_loss(problem, &crate::walk::DataWalk::new(&problem.data, opts.batch_size))
-    });
+    let loss = s * loss_sum
+        .unwrap_or_else(|| crate::diag::summed_loss(problem, &DataWalk::new(&problem.data, opts.batch_size)));
     Ok(LaplaceFit::from_parts(
         likelihood,
         opts.structure,
@@ -395,7 +395,8 @@ fn full<T: Float>(
         });
     }
     let mut m = Mat::<T>::zeros(d, d);
-    let batches = p.data.batches(opts.batch_size);
+    let walk = DataWalk::new(&p.data, opts.batch_size);
+    let batches = walk.batches();
     for (bi, batch) in batches.iter().enumerate() {
         let tape = net.forward(&p.theta, batch.x, batch.n);
         let (cot, r) = output_factor(net, opts.curvature, &tape, batch)?;

@@ -410,7 +410,8 @@ pub fn gridsearch<T: Float>(
     let h = 1.0 / (sigma * sigma * temperature);
     // batches of validation points whose Jacobian rows fit in about 512 MiB
     let per = ((512usize << 20) / (c * d * T::BYTES).max(1)).clamp(1, val.n.max(1));
-    let batches = val.batches(per);
+    let walk = crate::walk::DataWalk::new(val, per);
+    let batches = walk.batches();
     // Full H with a scalar prior: P⁻¹ = Q diag(1/(hλ+τ)) Qᵀ, so project the rows once.
     let full = matches!(fit.h, HessianApprox::Full(_));
     let eig = if full { Some(fit.full_eigh()?) } else { None };

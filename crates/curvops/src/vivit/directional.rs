@@ -1,6 +1,7 @@
 //! Per-sample directional derivatives along the eigenvectors.
 
 use super::{Eigenpairs, Vivit};
+use crate::walk::DataWalk;
 use curvops_tensor::{ops, Float};
 
 /// First- and second-order directional derivatives along `K` directions `e_k`:
@@ -44,18 +45,16 @@ impl<T: Float> Vivit<'_, T> {
         let mut union: Vec<usize> = grad_samples.iter().chain(curv_samples).copied().collect();
         union.sort_unstable();
         union.dedup();
-        let all = union.len() == p.data.n;
-        let sub;
-        let data = if all {
-            &p.data
+        let bs = self.options().batch_size;
+        let walk = if union.len() == p.data.n {
+            DataWalk::new(&p.data, bs)
         } else {
-            sub = p.data.select(&union);
-            &sub
+            DataWalk::subset(&p.data, &union, bs).expect("sample indices below N")
         };
         let mut gamma = vec![T::zero(); grad_samples.len() * k];
         let mut lambda = vec![T::zero(); curv_samples.len() * k];
         let pos = |set: &[usize], g: usize| set.binary_search(&g).ok();
-        for batch in data.batches(self.options().batch_size) {
+        for batch in walk.batches() {
             let n = batch.n;
             let global = &union[batch.start..batch.start + n];
             let tape = net.forward(&p.theta, batch.x, n);

@@ -3,11 +3,12 @@
 
 use super::gram::{add_gram, collect, mirror_lower, plan, LayerFeat};
 use super::{default_rtol, warn_rtol, Eigenpairs, FactorKind, Grouping, Spectrum, VivitError, VivitOptions};
+use crate::walk::DataWalk;
 use crate::Problem;
 use curvops_linalg::decomp::Eigh;
 use curvops_linalg::eigen::{eigsh, EigshOptions, Which};
 use curvops_linalg::{DenseOp, Structure};
-use curvops_nn::data::{Batch, Dataset};
+use curvops_nn::data::Batch;
 use curvops_nn::{ActiveSet, Tape};
 use curvops_tensor::{ops, Float};
 use faer::Mat;
@@ -29,8 +30,8 @@ pub struct Vivit<'a, T: Float> {
     opts: VivitOptions,
     /// Curvature samples (sorted global indices).
     samples: Vec<usize>,
-    /// The data of `samples` (a copy when it is a subset).
-    data: Option<Dataset<T>>,
+    /// The walk over `samples` (a subset view when subsampled; keys = global indices).
+    walk: DataWalk<'a, T>,
     /// `c·N/N'`: the squared scale of `V`'s columns.
     scale: f64,
     c: f64,
@@ -62,7 +63,7 @@ impl<'a, T: Float> Vivit<'a, T> {
                 return Err(VivitError::Invalid(format!("vivit: the relative threshold must be ≥ 0, got {rt}")));
             }
         }
-        let (samples, data) = match opts.subsample {
+        let (samples, walk) = match opts.subsample {
             None => ((0..n).collect::<Vec<_>>(), None),
             Some((m, seed)) => {
                 if m == 0 || m > n {
@@ -74,8 +75,8 @@ impl<'a, T: Float> Vivit<'a, T> {
                 if m == n {
                     (idx, None)
                 } else {
-                    let d = problem.data.select(&idx);
-                    (idx, Some(d))
+                    let w = DataWalk::subset(&problem.data, &idx, opts.batch_size).expect("indices below N");
+                    (idx, Some(w))
                 }
             }
         };
@@ -103,7 +104,8 @@ impl<'a, T: Float> Vivit<'a, T> {
             groups[gi].entries.push(i);
             group_of[i] = Some(gi);
         }
-        Ok(Self { problem, active, opts, samples, data, scale, c, r, groups, group_of })
+        let walk = walk.unwrap_or_else(|| DataWalk::new(&problem.data, opts.batch_size));
+        Ok(Self { problem, active, opts, samples, walk, scale, c, r, groups, group_of })
     }
 
     /// The problem.
@@ -139,13 +141,9 @@ impl<'a, T: Float> Vivit<'a, T> {
         &self.opts
     }
 
-    fn data(&self) -> &Dataset<T> {
-        self.data.as_ref().unwrap_or(&self.problem.data)
-    }
-
     /// Batches of the curvature samples, with the global index of each sample's first row.
     fn batches(&self) -> Vec<Batch<'_, T>> {
-        self.data().batches(self.opts.batch_size)
+        self.walk.batches()
     }
 
     /// Unscaled output-space factor columns of a batch (`[n, R, C]`): `S_n` or
