@@ -155,7 +155,7 @@ impl PartialEq for ErrorSource {
 /// positive definite, a failed data batch — it returns an error (e.g. [`LinalgError::Inner`]
 /// with the cause as its source) rather than writing NaN into `out` or panicking. The content
 /// of `out` after an error is unspecified.
-pub trait LinearOperator<T: Float>: Sync {
+pub trait LinearOperator<T: Float>: Send + Sync {
     /// Rows of `A`.
     fn nrows(&self) -> usize;
     /// Columns of `A`.

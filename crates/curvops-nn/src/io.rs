@@ -10,7 +10,8 @@ use crate::spec::{parse_model, BnBuffers, GraphSpec};
 use crate::NnError;
 use curvops_tensor::Float;
 use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+pub use safetensors::Dtype;
+use safetensors::SafeTensors;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -121,16 +122,66 @@ pub fn load_weights<T: Float>(
     let wp = weights.display().to_string();
     let bytes = read_bytes(weights)?;
     let st = open_st(&bytes, &wp)?;
+    load_weights_from(spec, model_path, &Tensors::of(&st), &wp)
+}
+
+/// Named tensors in memory: a deserialized safetensors file, or views of arrays that a caller
+/// owns (the Python package passes numpy buffers without copying them).
+#[derive(Debug, Default)]
+pub struct Tensors<'a> {
+    map: std::collections::BTreeMap<String, TensorView<'a>>,
+}
+
+impl<'a> Tensors<'a> {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The tensors of a safetensors file.
+    pub fn of(st: &SafeTensors<'a>) -> Self {
+        Self { map: st.tensors().into_iter().collect() }
+    }
+    /// Adds `name` with its little-endian bytes; errors (naming `name` and `label`) when the byte
+    /// count does not match the dtype and shape.
+    pub fn insert(
+        &mut self,
+        label: &str,
+        name: &str,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        data: &'a [u8],
+    ) -> Result<(), NnError> {
+        let t = TensorView::new(dtype, shape, data)
+            .map_err(|e| NnError::tensor(label, format!("tensor '{name}': {e:?}")))?;
+        self.map.insert(name.to_string(), t);
+        Ok(())
+    }
+    fn tensor(&self, name: &str) -> Result<&TensorView<'a>, ()> {
+        self.map.get(name).ok_or(())
+    }
+    fn names(&self) -> Vec<&String> {
+        self.map.keys().collect()
+    }
+}
+
+/// [`load_weights`] from tensors in memory; `wp` names their source in messages.
+pub fn load_weights_from<T: Float>(
+    spec: &GraphSpec,
+    model_path: &str,
+    st: &Tensors<'_>,
+    wp: &str,
+) -> Result<(Network<T>, Vec<T>), NnError> {
+    let wp = wp.to_string();
     let mut expected: BTreeSet<String> = BTreeSet::new();
-    let get = |key: &str| -> Result<TensorView, NnError> {
+    let get = |key: &str| -> Result<&TensorView, NnError> {
         st.tensor(key).map_err(|_| NnError::tensor(&wp, format!("missing tensor '{key}'")))
     };
     let used = std::cell::RefCell::new(BTreeSet::<String>::new());
     let bn = |i: &str, c: usize| -> Result<BnBuffers, NnError> {
         let mk = format!("{i}.running_mean");
         let vk = format!("{i}.running_var");
-        let mean: Vec<f64> = float_tensor(&wp, &mk, &get(&mk)?, Some(&[c]))?;
-        let var: Vec<f64> = float_tensor(&wp, &vk, &get(&vk)?, Some(&[c]))?;
+        let mean: Vec<f64> = float_tensor(&wp, &mk, get(&mk)?, Some(&[c]))?;
+        let var: Vec<f64> = float_tensor(&wp, &vk, get(&vk)?, Some(&[c]))?;
         if let Some(j) = var.iter().position(|&v| v < 0.0) {
             return Err(NnError::tensor(&wp, format!("tensor '{vk}' has a negative variance at index {j}")));
         }
@@ -163,7 +214,7 @@ pub fn load_weights<T: Float>(
             let mut lead = vec![1];
             lead.extend_from_slice(&e.shape);
             let shape: &[usize] = if is_param_node && t.shape() == lead.as_slice() { &lead } else { &e.shape };
-            float_tensor(&wp, key, &t, Some(shape))
+            float_tensor(&wp, key, t, Some(shape))
         };
         let v: Vec<T> = read(first)?;
         for other in &present[1..] {
@@ -181,8 +232,7 @@ pub fn load_weights<T: Float>(
         }
     }
     expected.extend(used.into_inner());
-    let mut extra: Vec<String> =
-        st.names().into_iter().filter(|n| !expected.contains(*n)).map(|s| s.to_string()).collect();
+    let mut extra: Vec<String> = st.names().into_iter().filter(|n| !expected.contains(*n)).cloned().collect();
     extra.sort();
     if let Some(x) = extra.first() {
         return Err(NnError::tensor(
@@ -201,6 +251,12 @@ pub fn load_data<T: Float>(net: &Network<T>, path: &Path) -> Result<Dataset<T>, 
     let dp = path.display().to_string();
     let bytes = read_bytes(path)?;
     let st = open_st(&bytes, &dp)?;
+    load_data_from(net, &Tensors::of(&st), &dp)
+}
+
+/// [`load_data`] from tensors in memory (`"x"` and `"y"`); `dp` names their source in messages.
+pub fn load_data_from<T: Float>(net: &Network<T>, st: &Tensors<'_>, dp: &str) -> Result<Dataset<T>, NnError> {
+    let dp = dp.to_string();
     for name in st.names() {
         if name != "x" && name != "y" {
             return Err(NnError::tensor(&dp, format!("unexpected tensor '{name}' (a data file holds 'x' and 'y')")));
@@ -223,7 +279,7 @@ pub fn load_data<T: Float>(net: &Network<T>, path: &Path) -> Result<Dataset<T>, 
         return Err(NnError::tensor(&dp, "tensor 'x' is empty (N = 0): no data"));
     }
     let x: Vec<T> = if net.input_int {
-        let ids = int_tensor(&dp, "x", &xt)?;
+        let ids = int_tensor(&dp, "x", xt)?;
         let s: usize = net.input_shape.iter().product();
         // the bound of every node that reads the ids
         for (l, layer) in net.layers.iter().enumerate() {
@@ -254,7 +310,7 @@ pub fn load_data<T: Float>(net: &Network<T>, path: &Path) -> Result<Dataset<T>, 
                 "tensor 'x' holds integers, but model.json declares a float input (use \"inputs\": {\"x\": {\"shape\": …, \"dtype\": \"int\"}} for token ids)",
             ));
         }
-        float_tensor(&dp, "x", &xt, None)?
+        float_tensor(&dp, "x", xt, None)?
     };
     let c = net.out_size();
     let out_shape = net.output_shape();
@@ -274,7 +330,7 @@ pub fn load_data<T: Float>(net: &Network<T>, path: &Path) -> Result<Dataset<T>, 
                 return Err(NnError::tensor(&dp, format!("tensor 'y' of shape {ys:?} must hold integer class ids")));
             }
             let classes = c / positions;
-            let lab = int_tensor(&dp, "y", &yt)?;
+            let lab = int_tensor(&dp, "y", yt)?;
             if let Some((i, &v)) = lab.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= classes) {
                 let at = if positions > 1 { format!(" (position {})", i % positions) } else { String::new() };
                 return Err(NnError::tensor(
@@ -291,7 +347,7 @@ pub fn load_data<T: Float>(net: &Network<T>, path: &Path) -> Result<Dataset<T>, 
                     if kind == LossKind::CrossEntropy { format!(" or [{n}] (class indices)") } else { String::new() };
                 return Err(NnError::tensor(&dp, format!("tensor 'y' has shape {ys:?}, expected [{n}, {c}]{alt}")));
             }
-            let v: Vec<T> = float_tensor(&dp, "y", &yt, None)?;
+            let v: Vec<T> = float_tensor(&dp, "y", yt, None)?;
             if kind == LossKind::BceWithLogits {
                 if let Some(i) = v.iter().position(|t| *t < T::zero() || *t > T::one()) {
                     return Err(NnError::tensor(
