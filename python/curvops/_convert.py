@@ -60,6 +60,15 @@ class AttentionOut:
         self.name, self.shape, self.where = name, tuple(shape), where
 
 
+class SdpaOut:
+    """The output of `F.scaled_dot_product_attention` on heads split from one linear map
+    (nanoGPT's attention), `[H, T, hd]` per sample, not yet a node: the linear map that merges
+    the heads again (`c_proj`) makes it one `multihead_attention` node."""
+
+    def __init__(self, qkv, x, heads, causal, where, cv):
+        self.qkv, self.x, self.heads, self.causal, self.where, self.cv = qkv, x, heads, causal, where, cv
+
+
 class Unsupported:
     """A value that must not be used (the message says why)."""
 
@@ -67,7 +76,7 @@ class Unsupported:
         self.msg = msg
 
 
-SYMBOLIC = (Batched, Shared, Param, AttentionOut, Unsupported)
+SYMBOLIC = (Batched, Shared, Param, AttentionOut, SdpaOut, Unsupported)
 
 
 def _is_sym(v):
@@ -203,6 +212,8 @@ class _Converter:
         self.weights = {}  # key -> tensor
         self.module_calls = {}
         self.shared_params = {}  # (key, shape) -> node name
+        self.node_keys = {}  # node name -> the weight keys it reads
+        self.env = {}
 
     # -- emitting -------------------------------------------------------------------------------
     def unique(self, base):
@@ -239,6 +250,7 @@ class _Converter:
                 if key is None:
                     raise ConversionError(f"node '{name}': tensor of role '{role}' is neither a parameter nor a buffer of the model")
             self.weights[key] = t
+            self.node_keys.setdefault(name, []).append(key)
             if key != f"{name}.{role}":
                 mapping[role] = key
         return mapping
@@ -254,6 +266,7 @@ class _Converter:
             return self.shared_params[cache]
         name = self.unique(p.key)
         self.weights[p.key] = t
+        self.node_keys.setdefault(name, []).append(p.key)
         fields = {"shape": list(shape)}
         if p.key != f"{name}.weight":
             fields["params"] = {"weight": p.key}
@@ -273,6 +286,9 @@ class _Converter:
             raise ConversionError(f"{self.where(n)}: {v.msg}")
         if isinstance(v, AttentionOut):
             raise ConversionError(f"{self.where(n)}: takes the (output, weights) tuple of attention '{v.name}' (index it with [0])")
+        if isinstance(v, SdpaOut):
+            raise ConversionError(f"{self.where(n)}: uses the output of {v.where} other than merging the heads "
+                                  f"(transpose(1, 2), view [T, E]) into one nn.Linear(E, E)")
         raise ConversionError(f"{self.where(n)}: its {what} does not depend on the model input (a constant or a parameter), which curvops cannot map here")
 
     def out(self, type_, inputs, n, cv, name=None, **fields):
@@ -282,7 +298,7 @@ class _Converter:
 
     # -- node mapping -------------------------------------------------------------------------------
     def run(self, graph):
-        env = {}
+        env = self.env
         output = None
         for n in graph.nodes:
             cv = n.meta.get("cv")
@@ -331,6 +347,8 @@ class _Converter:
             return self.encoder(n, m, path, args, kwargs)
         if isinstance(m, nn.Embedding) and not _is_sym(args[0]):
             return self.embedding_of_constant(n, m, args[0])
+        if isinstance(args[0], SdpaOut) and isinstance(m, nn.Linear):
+            return self.sdpa_projection(n, m, path, args[0], cv)
         x = self.batched(args[0], n)
         if len(args) > 1 and not isinstance(m, nn.MultiheadAttention):
             raise ConversionError(f"{self.where(n)}: {type(m).__name__} called with {len(args)} arguments")
@@ -593,6 +611,9 @@ class _Converter:
             return self.concat(n, xs, dim, cv)
         if fn in (torch.flatten, torch.reshape):
             return self.reshape(n, self.batched(args[0], n), cv)
+        if isinstance(args[0] if args else None, SdpaOut) and fn in (torch.flatten, torch.reshape, torch.permute,
+                                                                      torch.transpose):
+            return args[0]  # heads merged again: checked where the projection reads it
         if fn in (torch.permute,):
             return self.permute(n, self.batched(args[0], n), list(args[1] if len(args) > 1 else kwargs["dims"]), cv)
         if fn in (torch.transpose,):
@@ -611,7 +632,17 @@ class _Converter:
             slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
             return self.out("leaky_relu", [self.batched(args[0], n).name], n, cv, negative_slope=float(slope))
         if fn is F.dropout:
+            if isinstance(args[0], SdpaOut):
+                return args[0]
             return self.batched(args[0], n)
+        if fn is F.scaled_dot_product_attention:
+            return self.sdpa(n, args, kwargs)
+        if fn in (torch.split, torch.chunk, torch.unbind):
+            return self.split(n, {torch.split: "split", torch.chunk: "chunk", torch.unbind: "unbind"}[fn], args, kwargs, cv)
+        if fn is F.layer_norm:
+            return self.functional_layer_norm(n, args, kwargs, cv)
+        if fn is F.linear:
+            return self.functional_linear(n, args, kwargs, cv)
         if fn is F.adaptive_avg_pool2d:
             return self.adaptive_avg(n, self.batched(args[0], n), args[1] if len(args) > 1 else kwargs["output_size"], cv)
         if fn is getattr:
@@ -628,6 +659,10 @@ class _Converter:
             return cv
         if isinstance(x, Param) and name == "expand":
             return self.param_expand(n, x, cv)
+        if isinstance(x, SdpaOut) and name in ("transpose", "permute", "contiguous", "view", "reshape", "flatten"):
+            return x  # heads merged again: checked where the projection reads it
+        if name in ("split", "chunk", "unbind"):
+            return self.split(n, name, args, kwargs, cv)
         x = self.batched(x, n)
         if name in ("view", "reshape", "flatten", "unsqueeze", "squeeze", "view_as", "reshape_as"):
             return self.reshape(n, x, cv)
@@ -649,6 +684,185 @@ class _Converter:
         if name in ("add", "__add__"):
             return self.add(n, [x, args[1]], cv)
         raise ConversionError(f"{w}: method '{name}' has no curvops node")
+
+    # nanoGPT-style attention ----------------------------------------------------------------------
+    SHAPE_METHODS = ("view", "reshape", "transpose", "permute", "contiguous", "split", "chunk", "unbind", "flatten",
+                     "unflatten")
+
+    def _shape_only(self, node):
+        if node.op == "call_method":
+            return node.target in self.SHAPE_METHODS
+        if node.op == "call_function":
+            return node.target in (operator.getitem, torch.split, torch.chunk, torch.unbind, torch.transpose,
+                                   torch.permute, torch.reshape, torch.flatten)
+        return False
+
+    def _source_linear(self, node):
+        """The `nn.Linear` call whose output `node` is a view of (through shape operations only)."""
+        while isinstance(node, torch.fx.Node) and self._shape_only(node):
+            node = node.args[0]
+        if isinstance(node, torch.fx.Node) and node.op == "call_module" and isinstance(
+                self.model.get_submodule(node.target), nn.Linear):
+            return node
+        if isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target is F.linear:
+            return node
+        return None
+
+    def sdpa(self, n, args, kwargs):
+        """`F.scaled_dot_product_attention(q, k, v)` with q, k, v the heads of one linear map
+        `[T, 3E] -> 3 × [H, T, E/H]` (checked on the example input): half of a
+        `multihead_attention` node, completed by the projection that merges the heads."""
+        w = self.where(n)
+        names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"]
+        opt = dict(zip(names, args))
+        opt.update(kwargs)
+        if opt.get("enable_gqa"):
+            raise ConversionError(f"{w}: scaled_dot_product_attention with enable_gqa")
+        qkv_nodes = [n.args[i] if i < len(n.args) else n.kwargs.get(names[i]) for i in range(3)]
+        srcs = [self._source_linear(a) for a in qkv_nodes]
+        if srcs[0] is None or not all(s is srcs[0] for s in srcs):
+            raise ConversionError(f"{w}: scaled_dot_product_attention whose query, key and value are not split "
+                                  f"from one linear map of the same input (nanoGPT's c_attn)")
+        lin = srcs[0]
+        if lin.op != "call_module":
+            raise ConversionError(f"{w}: scaled_dot_product_attention on a functional F.linear (use an nn.Linear)")
+        m = self.model.get_submodule(lin.target)
+        q = qkv_nodes[0].meta["cv"]
+        if q.ndim != 4:
+            raise ConversionError(f"{w}: scaled_dot_product_attention on [N, H, T, hd] inputs only, got {list(q.shape)}")
+        B, H, T, hd = q.shape
+        E = H * hd
+        if m.in_features != E or m.out_features != 3 * E:
+            raise ConversionError(f"{w}: the linear map '{lin.target}' of query, key and value is "
+                                  f"{m.in_features} -> {m.out_features}, expected {E} -> {3 * E}")
+        y = lin.meta["cv"]
+        for i, a in enumerate(qkv_nodes):
+            want = y[..., i * E:(i + 1) * E].reshape(B, T, H, hd).transpose(1, 2)
+            if not torch.equal(a.meta["cv"], want):
+                raise ConversionError(f"{w}: its {names[i]} is not part {i} of '{lin.target}''s output split into "
+                                      f"{H} heads as nn.MultiheadAttention does ([q; k; v], heads contiguous)")
+        if m.bias is None:
+            raise ConversionError(f"{w}: attention on '{lin.target}' without a bias (multihead_attention has in_proj_bias)")
+        scale = opt.get("scale")
+        if scale is not None and abs(scale * hd ** 0.5 - 1) > 1e-12:
+            raise ConversionError(f"{w}: scaled_dot_product_attention with scale {scale} (only 1/sqrt(head_dim))")
+        mask = opt.get("attn_mask")
+        causal = bool(opt.get("is_causal", False))
+        if mask is not None:
+            hide = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+            ok = isinstance(mask, torch.Tensor) and not _is_sym(mask) and mask.shape[-2:] == (T, T)
+            if ok:
+                mk = mask.cpu().reshape(-1, T, T)
+                ok = all(torch.equal(mm, ~hide) for mm in mk) if mask.dtype == torch.bool else all(
+                    bool(torch.all(torch.isneginf(mm[hide]))) and bool(torch.all(mm[~hide] == 0)) for mm in mk)
+            if not ok:
+                raise ConversionError(f"{w}: attn_mask other than the causal mask")
+            causal = True
+        x = self.batched(self.env[lin.args[0]], n)
+        return SdpaOut(m, x, H, causal, w, n.meta["cv"])
+
+    def sdpa_projection(self, n, m, path, a, cv):
+        """The output projection of nanoGPT's attention: with the heads' linear map, one
+        `multihead_attention` node (in_proj = the heads' linear map, out_proj = this one)."""
+        w = self.where(n)
+        o = a.cv  # [N, H, T, hd]
+        B, H, T, hd = o.shape
+        E = H * hd
+        xin = n.args[0].meta["cv"]
+        if m.in_features != E or m.out_features != E or not torch.equal(xin, o.transpose(1, 2).reshape(B, T, E)):
+            raise ConversionError(f"{w}: reads the output of {a.where} other than with its heads merged "
+                                  f"(transpose(1, 2), view [T, E]) into an nn.Linear({E}, {E})")
+        if m.bias is None:
+            raise ConversionError(f"{w}: attention output projection without a bias (multihead_attention has out_proj.bias)")
+        name = self.module_node_name(path.rsplit(".", 1)[0] if "." in path else path + ".attn")
+        params = self.bind_params(name, [("in_proj_weight", a.qkv.weight), ("in_proj_bias", a.qkv.bias),
+                                         ("out_proj.weight", m.weight), ("out_proj.bias", m.bias)])
+        f = {"embed_dim": E, "num_heads": H, "causal": a.causal}
+        if params:
+            f["params"] = params
+        return self.out("multihead_attention", [a.x.name], n, cv, name=name, **f)
+
+    def split(self, n, how, args, kwargs, cv):
+        """`split`/`chunk`/`unbind` along a per-sample axis: one `slice` (or `select`) per part."""
+        w = self.where(n)
+        x = self.batched(args[0], n)
+        r = len(x.shape) + 1
+        if how == "unbind":
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        else:
+            dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+        d = dim % r
+        if d == 0:
+            raise ConversionError(f"{w}: {how} along the batch axis")
+        parts = []
+        start = 0
+        for i, t in enumerate(cv):
+            size = t.shape[d] if how != "unbind" else 1
+            nm = self.unique(f"{n.name}.{i}")
+            if how == "unbind":
+                self.emit("select", [x.name], nm, dim=d - 1, index=i)
+            else:
+                self.emit("slice", [x.name], nm, dim=d - 1, start=start, end=start + size)
+            start += size
+            parts.append(Batched(nm, t.shape[1:]))
+        return tuple(parts)
+
+    def functional_layer_norm(self, n, args, kwargs, cv):
+        """`F.layer_norm(x, shape, weight, bias, eps)` with the model's parameters (nanoGPT's
+        LayerNorm module): a `layernorm` node named after the weight's module."""
+        w = self.where(n)
+        x = self.batched(args[0], n)
+        names = ["input", "normalized_shape", "weight", "bias", "eps"]
+        opt = dict(zip(names, args))
+        opt.update(kwargs)
+        wt, b = opt.get("weight"), opt.get("bias")
+        for role, v in (("weight", wt), ("bias", b)):
+            if v is not None and not isinstance(v, Param):
+                raise ConversionError(f"{w}: F.layer_norm with a {role} that is not a parameter of the model")
+        if wt is None and b is not None:
+            raise ConversionError(f"{w}: F.layer_norm with a bias but no weight")
+        base = wt.key[:-len(".weight")] if wt is not None and wt.key.endswith(".weight") else n.name
+        name = self.module_node_name(base)
+        params = self.bind_params(name, [("weight", wt.tensor if wt else None), ("bias", b.tensor if b else None)])
+        f = {"normalized_shape": list(opt["normalized_shape"]), "eps": float(opt.get("eps", 1e-5)),
+             "elementwise_affine": wt is not None, "bias": b is not None}
+        if params:
+            f["params"] = params
+        return self.out("layernorm", [x.name], n, cv, name=name, **f)
+
+    def functional_linear(self, n, args, kwargs, cv):
+        """`F.linear(x, weight, bias)` with the model's parameters: a `linear` node."""
+        w = self.where(n)
+        x = self.batched(args[0], n)
+        names = ["input", "weight", "bias"]
+        opt = dict(zip(names, args))
+        opt.update(kwargs)
+        wt, b = opt.get("weight"), opt.get("bias")
+        if not isinstance(wt, Param) or (b is not None and not isinstance(b, Param)):
+            raise ConversionError(f"{w}: F.linear with a weight or bias that is not a parameter of the model")
+        base = wt.key[:-len(".weight")] if wt.key.endswith(".weight") else n.name
+        name = self.module_node_name(base)
+        params = self.bind_params(name, [("weight", wt.tensor), ("bias", b.tensor if b else None)])
+        out_f, in_f = wt.tensor.shape
+        f = {"in_features": int(in_f), "out_features": int(out_f), "bias": b is not None}
+        if params:
+            f["params"] = params
+        return self.out("linear", [x.name], n, cv, name=name, **f)
+
+    def prune(self, out_name):
+        """Drops the nodes the output does not depend on (e.g. the slices that attention fused)
+        and the weights only they read."""
+        by = {d["name"]: d for d in self.nodes}
+        live, stack = set(), [out_name]
+        while stack:
+            nm = stack.pop()
+            if nm in live or nm not in by:
+                continue
+            live.add(nm)
+            stack.extend(by[nm].get("inputs", []))
+        self.nodes = [d for d in self.nodes if d["name"] in live]
+        keep = {k for nm in live for k in self.node_keys.get(nm, [])}
+        self.weights = {k: t for k, t in self.weights.items() if k in keep}
 
     # shape ops
     def reshape(self, n, x, cv):
@@ -873,6 +1087,7 @@ def convert(model, loss_fn, example_input):
         conv.nodes.append(conv.nodes.pop(last))
     if not conv.nodes:
         raise ConversionError("the model has no operation curvops can map (it returns its input)")
+    conv.prune(conv.nodes[-1]["name"])
     input_int = not example_input.is_floating_point()
     spec = {
         "inputs": {"x": {"shape": list(example_input.shape[1:]), "dtype": "int" if input_int else "float"}},

@@ -20,15 +20,17 @@ class LinearOperator:
     def __init__(self, raw, torch_dtype=None):
         self._raw = raw
         self._torch_dtype = torch_dtype
+        self._dtype = np.dtype(raw.dtype)
+        self._shape = tuple(raw.shape)
 
     # -- facts -----------------------------------------------------------------------------
     @property
     def shape(self):
-        return tuple(self._raw.shape)
+        return self._shape
 
     @property
     def dtype(self):
-        return np.dtype(self._raw.dtype)
+        return self._dtype
 
     @property
     def symmetric(self):
@@ -39,6 +41,8 @@ class LinearOperator:
 
     # -- products --------------------------------------------------------------------------
     def _apply(self, X, transpose):
+        if type(X) is np.ndarray and X.dtype == self._dtype and X.flags.c_contiguous:  # the fast path
+            return self._raw.rmatmat(X) if transpose else self._raw.matmat(X)
         is_torch = torch is not None and isinstance(X, torch.Tensor)
         if is_torch:
             if X.device.type != "cpu":
@@ -117,12 +121,22 @@ class LinearOperator:
         return LinearOperator(self._raw.inverse(damping, mode=mode, method=method, tol=tol, max_iters=max_iters),
                               self._torch_dtype)
 
-    def solve(self, B, damping=0.0, method="auto", tol=1e-10, max_iters=None):
-        """`X` with `(A + damping·I) X = B` (numpy or torch, as `B`)."""
+    def solve(self, B, damping=0.0, method="auto", tol=1e-10, max_iters=None, precond=None):
+        """`X` with `(A + damping·I) X = B` (numpy or torch, as `B`). `precond`: an operator
+        `M ≈ (A + damping·I)⁻¹` for preconditioned CG, e.g. `P.kfac().inverse(damping)`."""
         is_torch = torch is not None and isinstance(B, torch.Tensor)
         Bn = np.ascontiguousarray(B.detach().numpy() if is_torch else np.asarray(B), dtype=self.dtype)
-        X = self._raw.solve(Bn, damping=damping, method=method, tol=tol, max_iters=max_iters)
+        if precond is not None and not isinstance(precond, LinearOperator):
+            raise TypeError(f"precond: expected a curvops.LinearOperator, got {type(precond).__name__}")
+        X = self._raw.solve(Bn, damping=damping, method=method, tol=tol, max_iters=max_iters,
+                            precond=None if precond is None else precond._raw)
         return torch.from_numpy(X) if is_torch else X
+
+    def spectrum(self, starts=10, steps=80, seed=0, grid_points=1000, sigma=None, sigma_rel=0.01, log=False):
+        """The spectral density by stochastic Lanczos quadrature: `(grid, density, nodes, weights)`
+        (`density` integrates to 1; of `log|λ|` when `log`)."""
+        return self._raw.spectrum(starts=starts, steps=steps, seed=seed, grid_points=grid_points, sigma=sigma,
+                                  sigma_rel=sigma_rel, log=log)
 
     def trace_estimate(self, method="hutchinson", matvecs=100, seed=0, distribution="rademacher"):
         """`(estimate, standard error or None, matvecs used)`; `method`: hutchinson, hutchpp,

@@ -175,6 +175,17 @@ class Problem:
         """The exact diagonal of `kind` (ggn, fisher-mc, ef, hessian)."""
         return self._raw.diag(kind, params=self._params_arg(), batch_size=self.batch_size, samples=mc_samples, seed=seed)
 
+    def vivit(self, k=10, blocks=None, mc_samples=None, seed=0, subsample=None):
+        """ViViT: the top-`k` GGN eigenpairs from the Gram matrix of its low-rank factor.
+
+        Returns `(values [K], vectors [D, K], groups)`; `blocks` is None (the whole GGN),
+        "layer" or "param" (eigenpairs of each diagonal block, `groups` names each pair's block);
+        `mc_samples` uses the MC-Fisher factor (M sampled labels per sample) instead of the exact
+        one, `subsample` a random subset of that many samples. Vectors follow `params`' order."""
+        vals, vecs, groups, _ = self._raw.vivit(k, params=self._params_arg(), blocks=blocks, mc_samples=mc_samples,
+                                                seed=seed, subsample=subsample, batch_size=self.batch_size)
+        return vals, np.ascontiguousarray(vecs.T), groups
+
     def outputs(self, x=None):
         """The network's outputs for `x` (numpy, `[N, *output_shape]`; the data when None)."""
         if x is not None:

@@ -223,12 +223,17 @@ def test_param_order_follows_the_caller():
     assert np.abs(Gd - G).max() == 0.0
 
 
-def test_linear_algebra():
-    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
-    X, y = torch.randn(8, 3, generator=g), torch.randint(0, 3, (8,), generator=g)
+def small_mlp(din, hidden, classes, n):
+    """A tanh MLP with cross-entropy on n random samples: (problem, its GGN, the dense GGN)."""
+    m = nn.Sequential(nn.Linear(din, hidden), nn.Tanh(), nn.Linear(hidden, classes)).double()
+    X, y = torch.randn(n, din, generator=g), torch.randint(0, classes, (n,), generator=g)
     P = curvops.Problem(m, nn.CrossEntropyLoss(), (X, y))
     G = P.ggn()
-    D = G.dense()
+    return P, G, G.dense()
+
+
+def test_linear_algebra():
+    P, G, D = small_mlp(3, 4, 3, 8)
     b = np.random.default_rng(1).standard_normal(G.shape[0])
     x = G.solve(b, damping=0.1, method="cg")
     assert np.linalg.norm((D + 0.1 * np.eye(len(b))) @ x - b) <= 1e-8 * np.linalg.norm(b)
@@ -295,3 +300,172 @@ def test_laplace_matches_laplace_torch_anchor():
         assert abs(tau - anchor[key]["marglik_tau"]) <= 0.02 * anchor[key]["marglik_tau"], key
         best = la.log_marginal_likelihood()
         assert best >= la.log_marginal_likelihood(tau * 1.01) and best >= la.log_marginal_likelihood(tau / 1.01)
+
+
+class NanoLayerNorm(nn.Module):
+    """nanoGPT's LayerNorm: F.layer_norm with an optional bias."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(1 + 0.1 * torch.randn(ndim, generator=g))
+        self.bias = nn.Parameter(0.1 * torch.randn(ndim, generator=g)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class NanoAttention(nn.Module):
+    """nanoGPT's CausalSelfAttention: one linear for q, k, v, split, sdpa, merged heads, c_proj."""
+
+    def __init__(self, E, H, causal=True, chunk=False):
+        super().__init__()
+        self.c_attn = nn.Linear(E, 3 * E)
+        self.c_proj = nn.Linear(E, E)
+        self.E, self.H, self.causal, self.chunk = E, H, causal, chunk
+        self.attn_dropout = 0.0
+
+    def forward(self, x):
+        B, T, C = x.size()
+        if self.chunk:
+            q, k, v = self.c_attn(x).chunk(3, dim=-1)
+        else:
+            q, k, v = self.c_attn(x).split(self.E, dim=2)
+        k = k.view(B, T, self.H, C // self.H).transpose(1, 2)
+        q = q.view(B, T, self.H, C // self.H).transpose(1, 2)
+        v = v.view(B, T, self.H, C // self.H).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=self.attn_dropout if self.training else 0,
+                                           is_causal=self.causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class NanoBlock(nn.Module):
+    def __init__(self, E, H, **kw):
+        super().__init__()
+        self.ln_1 = NanoLayerNorm(E, bias=True)
+        self.attn = NanoAttention(E, H, **kw)
+        self.ln_2 = NanoLayerNorm(E, bias=False)
+        self.c_fc = nn.Linear(E, 4 * E)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * E, E)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.c_proj(self.gelu(self.c_fc(self.ln_2(x))))
+
+
+class NanoGPT(nn.Module):
+    def __init__(self, V=11, T=5, E=8, H=2, L=2, **kw):
+        super().__init__()
+        self.wte = nn.Embedding(V, E)
+        self.wpe = nn.Embedding(T, E)
+        self.h = nn.ModuleList([NanoBlock(E, H, **kw) for _ in range(L)])
+        self.ln_f = NanoLayerNorm(E, bias=True)
+        self.lm_head = nn.Linear(E, V, bias=False)
+        self.wte.weight = self.lm_head.weight  # nanoGPT's weight tying
+
+    def forward(self, idx):
+        b, t = idx.size()
+        assert t <= self.wpe.num_embeddings
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.h:
+            x = block(x)
+        return self.lm_head(self.ln_f(x)).transpose(1, 2)  # [N, V, T]: classes on axis 1, as CrossEntropyLoss reads them
+
+
+@pytest.mark.parametrize("kw", [{}, {"causal": False}, {"chunk": True}])
+def test_nanogpt_attention_maps_to_multihead_attention(kw):
+    m = NanoGPT(**kw)
+    X = torch.randint(0, 11, (3, 5), generator=g)
+    y = torch.randint(0, 11, (3, 5), generator=g)
+    P = outputs_match(m, X, nn.CrossEntropyLoss(), y, tol=1e-12)
+    types = [d["type"] for d in P.converted.spec["nodes"]]
+    assert types.count("multihead_attention") == 2 and "slice" not in types, types
+    # the fused nodes read c_attn / c_proj, and nothing else is left of them
+    att = [d for d in P.converted.spec["nodes"] if d["type"] == "multihead_attention"][0]
+    assert att["params"]["in_proj_weight"] == "h.0.attn.c_attn.weight"
+    assert att["params"]["out_proj.weight"] == "h.0.attn.c_proj.weight"
+    assert att["causal"] == kw.get("causal", True)
+    # the Hessian (second-order terms through the fused attention) equals double backward
+    params = list(m.parameters())
+    H = P.hessian()
+    v = torch.randn(H.shape[0], generator=g)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU kernel has no double backward
+        L = nn.CrossEntropyLoss()(m(X), y)
+        gr = torch.autograd.grad(L, params, create_graph=True)
+        flat = torch.cat([t.reshape(-1) for t in gr])
+        want = torch.cat([t.reshape(-1) for t in torch.autograd.grad(flat @ v, params)])
+    assert torch.linalg.norm(H @ v - want) <= 1e-10 * torch.linalg.norm(want)
+
+
+def test_sdpa_that_is_not_one_linear_map_is_named():
+    class TwoMaps(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(4, 4)
+            self.kv = nn.Linear(4, 8)
+            self.o = nn.Linear(4, 4)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q = self.q(x).view(B, T, 2, 2).transpose(1, 2)
+            k, v = self.kv(x).split(4, dim=2)
+            k, v = k.view(B, T, 2, 2).transpose(1, 2), v.view(B, T, 2, 2).transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, k, v)
+            return self.o(y.transpose(1, 2).reshape(B, T, C))
+
+    with pytest.raises(ValueError, match="scaled_dot_product_attention.*not split from one linear map"):
+        curvops.from_torch(TwoMaps(), nn.MSELoss(), torch.randn(2, 3, 4))
+
+
+def test_split_chunk_unbind_functional_linear():
+    class S(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(6, 4, generator=g))
+            self.b = nn.Parameter(torch.randn(6, generator=g))
+
+        def forward(self, x):  # x [N, 3, 4]
+            h = F.linear(x, self.w, self.b)
+            a, b2 = torch.split(h, [2, 4], dim=-1)
+            c, d = b2.chunk(2, dim=2)
+            u = torch.unbind(h, dim=1)
+            return torch.cat([a, c, d], dim=2)[:, 0] + u[0]
+
+    outputs_match(S(), torch.randn(2, 3, 4, generator=g))
+
+
+def test_preconditioned_solve_spectrum_vivit():
+    P, G, D = small_mlp(3, 5, 4, 12)
+    lam = 1e-2
+    b = np.random.default_rng(3).standard_normal(G.shape[0])
+    want = np.linalg.solve(D + lam * np.eye(len(b)), b)
+    x = G.solve(b, damping=lam, precond=P.kfac().inverse(lam), tol=1e-12)
+    assert np.linalg.norm(x - want) <= 1e-8 * np.linalg.norm(want)
+    with pytest.raises(TypeError, match="precond"):
+        G.solve(b, damping=lam, precond=np.eye(len(b)))
+    # SLQ: the density integrates to 1; with m = D steps the largest node is λ_max
+    grid, dens, nodes, weights = G.spectrum(starts=3, steps=G.shape[0], seed=1)
+    assert abs(np.trapezoid(dens, grid) - 1) <= 1e-6
+    assert np.allclose(weights.sum(1), 1, atol=1e-12)
+    ev = np.linalg.eigvalsh(D)
+    per_start = (nodes * weights).sum(1)  # vᵀGv / vᵀv of each start
+    assert np.all(per_start >= ev.min() - 1e-12) and np.all(per_start <= ev.max() + 1e-12)
+    assert nodes.max() <= ev.max() * (1 + 1e-8) and abs(nodes.max() - ev.max()) <= 1e-8 * ev.max()
+    # ViViT's top eigenvalues equal the dense GGN's; vectors are eigenvectors
+    vals, vecs, groups = P.vivit(k=4)
+    assert np.abs(vals - np.sort(ev)[::-1][:4]).max() <= 1e-10 * ev.max()
+    assert np.linalg.norm(D @ vecs - vecs * vals) <= 1e-9 * ev.max()
+    assert set(groups) == {"all"}
+    # per layer: the top eigenvalues of the layer-block-diagonal GGN, each named by its block
+    vals_l, vecs_l, groups_l = P.vivit(k=3, blocks="layer")
+    Db = np.zeros_like(D)
+    for a, b_ in ((0, 20), (20, 44)):
+        Db[a:b_, a:b_] = D[a:b_, a:b_]
+    evb = np.sort(np.linalg.eigvalsh(Db))[::-1]
+    assert np.abs(vals_l - evb[:3]).max() <= 1e-10 * evb[0]
+    assert np.linalg.norm(Db @ vecs_l - vecs_l * vals_l) <= 1e-9 * evb[0]
+    assert set(groups_l) <= {"0", "2"}

@@ -91,12 +91,32 @@ pub(crate) fn block_from<T: Float + Element>(
         ))
     })?;
     let shape = a.shape().to_vec();
-    let view = a.as_array();
-    match shape.as_slice() {
-        [n] if *n == rows => Ok((Mat::from_fn(rows, 1, |i, _| view[[i]]), true)),
-        [n, k] if *n == rows => Ok((Mat::from_fn(rows, *k, |i, j| view[[i, j]]), false)),
-        _ => Err(value_error(format!("{what}: expected shape [{rows}] or [{rows}, K], got {shape:?}"))),
+    let (k, vector) = match shape.as_slice() {
+        [n] if *n == rows => (1, true),
+        [n, k] if *n == rows => (*k, false),
+        _ => return Err(value_error(format!("{what}: expected shape [{rows}] or [{rows}, K], got {shape:?}"))),
+    };
+    let mut m = Mat::<T>::zeros(rows, k);
+    match a.as_slice() {
+        // C-contiguous (the usual case): column j of the block is every k-th entry from j
+        Ok(s) if vector => m.col_as_slice_mut(0).copy_from_slice(s),
+        Ok(s) => {
+            for j in 0..k {
+                for (o, v) in m.col_as_slice_mut(j).iter_mut().zip(s[j..].iter().step_by(k)) {
+                    *o = *v;
+                }
+            }
+        }
+        Err(_) => {
+            let view = a.as_array();
+            for j in 0..k {
+                for (i, o) in m.col_as_slice_mut(j).iter_mut().enumerate() {
+                    *o = if vector { view[[i]] } else { view[[i, j]] };
+                }
+            }
+        }
     }
+    Ok((m, vector))
 }
 
 /// A faer block as a numpy array `[n, K]` (or `[n]` when `vector`).
@@ -106,12 +126,16 @@ pub(crate) fn block_to_py<'py, T: Float + Element>(
     vector: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (n, k) = (m.nrows(), m.ncols());
-    let mut v = Vec::with_capacity(n * k);
-    for i in 0..n {
-        for j in 0..k {
-            v.push(m[(i, j)]);
+    let v: Vec<T> = if k == 1 {
+        m.col_as_slice(0).to_vec()
+    } else {
+        let cols: Vec<&[T]> = (0..k).map(|j| m.col_as_slice(j)).collect();
+        let mut v = Vec::with_capacity(n * k);
+        for i in 0..n {
+            v.extend(cols.iter().map(|c| c[i]));
         }
-    }
+        v
+    };
     let shape: Vec<usize> = if vector { vec![n] } else { vec![n, k] };
     vec_to_py(py, v, &shape)
 }

@@ -13,6 +13,7 @@ use curvops_linalg::estimators::{
     diag_exact, diag_hutchinson, diag_xdiag, trace_exact, trace_hutchinson, trace_hutchpp, trace_xtrace,
     EstimatorOptions, Probe,
 };
+use curvops_linalg::slq::{lanczos_quadrature, DensityOptions, SlqOptions};
 use curvops_linalg::solvers::{solve_with, CgOptions, InverseOp, MinresOptions, SolveMethod};
 use curvops_linalg::{DampedOp, Eigh, LinalgError, LinearOperator, Structure, TransposeOp};
 use curvops_tensor::Float;
@@ -314,6 +315,30 @@ fn inverse_t<T: Float>(
     Ok(Held::plain(op))
 }
 
+fn solve_t<'py, T: Float + Element>(
+    py: Python<'py>,
+    h: &Arc<Held<T>>,
+    b: &Bound<'py, PyAny>,
+    damping: f64,
+    m: &SolveMethod,
+    precond: Option<&Arc<Held<T>>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (rhs, vector) = block_from(b, h.nrows(), "b")?;
+    let pre = precond.map(|p| p.as_ref() as &dyn LinearOperator<T>);
+    let x = py
+        .detach(|| {
+            if damping != 0.0 {
+                let d = DampedOp::new(Shared(h.clone()), T::of(damping))?;
+                solve_with(&d, rhs.as_ref(), m, pre)
+            } else {
+                solve_with(h.as_ref(), rhs.as_ref(), m, pre)
+            }
+        })
+        .map_err(err)?
+        .0;
+    block_to_py(py, &x, vector)
+}
+
 #[pymethods]
 impl PyOperator {
     /// `(rows, cols)`.
@@ -425,8 +450,11 @@ impl PyOperator {
         Ok(PyOperator { inner })
     }
 
-    /// Solves `(A + damping·I) X = B` with `method`; returns `X` (shape of `B`).
-    #[pyo3(signature = (b, damping = 0.0, method = "auto", tol = 1e-10, max_iters = None))]
+    /// Solves `(A + damping·I) X = B` with `method`; returns `X` (shape of `B`). `precond` is an
+    /// operator `M ≈ (A + damping·I)⁻¹` of the same size and dtype (e.g. a KFAC inverse) for CG
+    /// (`method="auto"` with a preconditioner means CG).
+    #[pyo3(signature = (b, damping = 0.0, method = "auto", tol = 1e-10, max_iters = None, precond = None))]
+    #[allow(clippy::too_many_arguments)]
     fn solve<'py>(
         &self,
         py: Python<'py>,
@@ -435,23 +463,56 @@ impl PyOperator {
         method: &str,
         tol: f64,
         max_iters: Option<usize>,
+        precond: Option<PyRef<'py, PyOperator>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let method = if precond.is_some() && method == "auto" { "cg" } else { method };
         let m = method_of(method, tol, max_iters)?;
-        with_op!(&self.inner, h => {
-            let (rhs, vector) = block_from(b, h.nrows(), "b")?;
-            let x = py
-                .detach(|| {
-                    if damping != 0.0 {
-                        let d = DampedOp::new(Shared(h.clone()), Float::of(damping))?;
-                        solve_with(&d, rhs.as_ref(), &m, None)
-                    } else {
-                        solve_with(h.as_ref(), rhs.as_ref(), &m, None)
-                    }
-                })
-                .map_err(err)?
-                .0;
-            block_to_py(py, &x, vector)
-        })
+        match (&self.inner, precond.as_ref().map(|p| &p.inner)) {
+            (AnyOp::F32(h), None) => solve_t(py, h, b, damping, &m, None),
+            (AnyOp::F64(h), None) => solve_t(py, h, b, damping, &m, None),
+            (AnyOp::F32(h), Some(AnyOp::F32(p))) => solve_t(py, h, b, damping, &m, Some(p)),
+            (AnyOp::F64(h), Some(AnyOp::F64(p))) => solve_t(py, h, b, damping, &m, Some(p)),
+            _ => Err(value_error("precond: its dtype differs from the operator's")),
+        }
+    }
+
+    /// A stochastic Lanczos quadrature estimate of the spectral density: `starts` random starts
+    /// of `steps` Lanczos steps each; returns `(grid, density, nodes, weights)` with the
+    /// Gaussian-smoothed density `ρ(t) = (1/L) Σₗ Σⱼ τⱼˡ N(t; θⱼˡ, σ²)` on `grid_points` points
+    /// (`σ = sigma`, or `sigma_rel` times the estimated range), of `log|λ|` when `log`, and the
+    /// quadrature nodes `θ` `[L, m]` and weights `τ` `[L, m]`.
+    #[pyo3(signature = (starts = 10, steps = 80, seed = 0, grid_points = 1000, sigma = None, sigma_rel = 0.01, log = false))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn spectrum<'py>(
+        &self,
+        py: Python<'py>,
+        starts: usize,
+        steps: usize,
+        seed: u64,
+        grid_points: usize,
+        sigma: Option<f64>,
+        sigma_rel: f64,
+        log: bool,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let opts = SlqOptions { starts, steps, seed, ..SlqOptions::default() };
+        let dens = DensityOptions { grid_points, sigma, sigma_rel, ..DensityOptions::default() };
+        let q = with_op!(&self.inner, h => py.detach(|| lanczos_quadrature(h.as_ref(), &opts)).map_err(err)?);
+        let d = if log { q.log_density(&dens) } else { q.density(&dens) };
+        let m = q.nodes.iter().map(Vec::len).max().unwrap_or(0);
+        // every start has the same number of nodes unless a Lanczos run broke down early: pad
+        // those with weight 0 so that the arrays are rectangular
+        let pad = |rows: &[Vec<f64>]| -> Vec<f64> {
+            rows.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat(0.0)).take(m)).collect()
+        };
+        let (nodes, weights) = (pad(&q.nodes), pad(&q.weights));
+        let l = q.nodes.len();
+        let g = d.grid.len();
+        Ok((
+            vec_to_py(py, d.grid, &[g])?,
+            vec_to_py(py, d.density, &[g])?,
+            vec_to_py(py, nodes, &[l, m])?,
+            vec_to_py(py, weights, &[l, m])?,
+        ))
     }
 
     /// The `k` extreme eigenpairs (thick-restart Lanczos): `(values [k], vectors [n, k])`,

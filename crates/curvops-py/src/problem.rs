@@ -281,6 +281,59 @@ impl PyProblem {
         })
     }
 
+    /// ViViT: the top-`k` eigenpairs of the GGN (or its MC-Fisher factor, `mc_samples`) from
+    /// the Gram matrix `VᵀV` of its factor `V = √c Jᵀ S` (`GGN = V Vᵀ`), per `blocks` group
+    /// (`None`/`"full"`, `"layer"`, `"param"`), over `params`, optionally on a random `subsample`
+    /// of the samples (rescaled by `√(N/N')`). Returns `(values [K], vectors [K, D_S], groups [K])`
+    /// (descending within the whole set; `groups` names each pair's group) and all nonzero
+    /// eigenvalues found (`nonzero`).
+    #[pyo3(signature = (k, params = None, blocks = None, mc_samples = None, seed = 0, subsample = None, batch_size = 0))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn vivit<'py>(
+        &self,
+        py: Python<'py>,
+        k: usize,
+        params: Option<Vec<String>>,
+        blocks: Option<&str>,
+        mc_samples: Option<usize>,
+        seed: u64,
+        subsample: Option<usize>,
+        batch_size: usize,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Vec<String>, Bound<'py, PyAny>)> {
+        use curvops::vivit::{FactorKind, Grouping, Vivit, VivitOptions};
+        let grouping = match blocks {
+            None | Some("full") => Grouping::Full,
+            Some("layer") => Grouping::Layer,
+            Some("param") => Grouping::Param,
+            Some(b) => return Err(value_error(format!("blocks: unknown '{b}' (full, layer, param)"))),
+        };
+        let factor = match mc_samples {
+            None => FactorKind::Exact,
+            Some(m) => FactorKind::MonteCarlo { samples: m, seed },
+        };
+        let opts = VivitOptions {
+            factor,
+            grouping,
+            batch_size,
+            subsample: subsample.map(|m| (m, seed)),
+            ..VivitOptions::default()
+        };
+        with_problem!(&self.inner, p => {
+            let active = active_of(p, &params)?;
+            let (e, names) = py
+                .detach(|| {
+                    let v = Vivit::new(p.as_ref(), active, opts)?;
+                    let names: Vec<String> = v.groups().iter().map(|g| g.name.clone()).collect();
+                    v.eigen(k).map(|e| (e, names))
+                })
+                .map_err(value_error)?;
+            let kk = e.values.len();
+            let groups = e.group.iter().map(|&g| names[g].clone()).collect();
+            let nz = e.nonzero.len();
+            Ok((vec_to_py(py, e.values, &[kk])?, vec_to_py(py, e.vectors, &[kk, e.dim])?, groups, vec_to_py(py, e.nonzero, &[nz])?))
+        })
+    }
+
     /// An operator of the library's registry; see `curvops.Problem.operator` in Python.
     #[pyo3(signature = (kind, params = None, blocks = None, batch_size = 0, subset = None, cache_bytes = 0,
                         damping = 0.0, samples = 1, seed = 0, fisher_type = "type-2", kfac_approx = "expand",

@@ -15,6 +15,7 @@ use curvops_nn::data::Batch;
 use curvops_nn::ActiveSet;
 use curvops_tensor::{Float, Trans};
 use faer::Mat;
+use std::sync::Arc;
 
 /// A Kronecker factor and its low-rank root, if kept (`M`, `U` with `M = UᵀU`).
 type FactorPair<T> = (Mat<T>, Option<Mat<T>>);
@@ -56,15 +57,15 @@ pub struct LayerFactors<T: Float> {
     pub joint: bool,
     /// The input factor `A` (`[in, in]`, `[in+1, in+1]` when joint); `None` without an active
     /// weight.
-    pub a: Option<Mat<T>>,
+    pub a: Option<Arc<Mat<T>>>,
     /// The gradient factor `B` (`[out, out]`), or the dense block.
-    pub b: Mat<T>,
+    pub b: Arc<Mat<T>>,
     /// A low-rank factor `U` with `A = UᵀU` (`[r, dim A]`), kept by the fit when the data has
     /// few input rows (`r·(2·dim A + out) < dim A·(dim A + out)`); products then cost
     /// `O(out·r·(2·dim A + out))` instead of `O(out·dim A·(dim A + out))`.
-    pub a_rows: Option<Mat<T>>,
+    pub a_rows: Option<Arc<Mat<T>>>,
     /// A low-rank factor `V` with `B = VᵀV`, likewise.
-    pub b_rows: Option<Mat<T>>,
+    pub b_rows: Option<Arc<Mat<T>>>,
 }
 
 /// One use of a tied tensor: the Kronecker factors of one map whose weight (or bias) it is.
@@ -681,24 +682,56 @@ fn finish_a<T: Float>(pl: &Plan, st: AStats<T>) -> (Mat<T>, Option<Mat<T>>) {
     let (gram, sum, count, rows): (Mat<T>, Vec<T>, usize, Option<Vec<T>>) = match st {
         AStats::Gram(g) => g.finish(),
         AStats::Counts(counts, rows) => {
-            (Mat::from_fn(inp, inp, |i, j| if i == j { counts[i] } else { T::zero() }), counts, rows, None)
+            let mut g = Mat::zeros(inp, inp);
+            for (i, &c) in counts.iter().enumerate() {
+                g[(i, i)] = c;
+            }
+            (g, counts, rows, None)
         }
     };
     let inv = T::of(1.0 / count.max(1) as f64);
-    let a = Mat::from_fn(d, d, |i, j| {
-        if i < inp && j < inp {
-            gram[(i, j)] * inv
-        } else if i < inp {
-            sum[i] * inv
-        } else if j < inp {
-            sum[j] * inv
-        } else {
-            T::one()
+    let a = if d == inp {
+        // no constant input: A = Σ a aᵀ / count in place (no second d × d matrix)
+        let mut a = gram;
+        for j in 0..d {
+            for v in a.col_as_slice_mut(j) {
+                *v *= inv;
+            }
         }
-    });
-    // A = UᵀU with U = [rows | 1] / √count
+        a
+    } else {
+        // joint bias: A = [Σ a aᵀ, Σ a; (Σ a)ᵀ, count] / count
+        let mut a = Mat::zeros(d, d);
+        for j in 0..inp {
+            let (src, dst) = (gram.col_as_slice(j), a.col_as_slice_mut(j));
+            for (o, v) in dst[..inp].iter_mut().zip(src) {
+                *o = *v * inv;
+            }
+            dst[inp] = sum[j] * inv;
+        }
+        let last = a.col_as_slice_mut(inp);
+        for (o, v) in last[..inp].iter_mut().zip(&sum) {
+            *o = *v * inv;
+        }
+        last[inp] = T::one();
+        a
+    };
+    // A = UᵀU with U = [rows | 1] / √count (`count × d`, column-major: column j holds input j)
     let s = T::of(1.0 / (count.max(1) as f64).sqrt());
-    let u = rows.map(|r| Mat::from_fn(count, d, |i, j| if j < inp { r[i * inp + j] * s } else { s }));
+    let u = rows.map(|r| {
+        let mut u = Mat::zeros(count, d);
+        for j in 0..d {
+            let col = u.col_as_slice_mut(j);
+            if j < inp {
+                for (i, o) in col.iter_mut().enumerate() {
+                    *o = r[i * inp + j] * s;
+                }
+            } else {
+                col.fill(s);
+            }
+        }
+        u
+    });
     (a, u)
 }
 
@@ -818,10 +851,10 @@ pub fn fit_kfac_on<T: Float>(
                     weight,
                     bias: pl.own_bias().cloned(),
                     joint: pl.joint,
-                    a,
-                    b,
-                    a_rows,
-                    b_rows,
+                    a: a.map(Arc::new),
+                    b: Arc::new(b),
+                    a_rows: a_rows.map(Arc::new),
+                    b_rows: b_rows.map(Arc::new),
                 });
             }
             Block::Dense(di) => {
@@ -851,7 +884,7 @@ pub(crate) fn dense_layer<T: Float>(layer: usize, param: &ParamRef, len: usize, 
         bias: Some(param.clone()),
         joint: false,
         a: None,
-        b: m,
+        b: Arc::new(m),
         a_rows: None,
         b_rows: None,
     }

@@ -117,12 +117,12 @@ fn factor_tensors<T: Float>(f: &KfacFactors<T>) -> Vec<(String, Vec<usize>, Vec<
     let mut t = Vec::new();
     for l in &f.layers {
         if let Some(a) = &l.a {
-            t.push((format!("{}.A", l.key), vec![a.nrows(), a.ncols()], mat_to_rows(a.as_ref())));
+            t.push((format!("{}.A", l.key), vec![a.nrows(), a.ncols()], mat_to_rows(Mat::as_ref(a))));
         }
-        t.push((format!("{}.B", l.key), vec![l.out, l.out], mat_to_rows(l.b.as_ref())));
+        t.push((format!("{}.B", l.key), vec![l.out, l.out], mat_to_rows(Mat::as_ref(&l.b))));
         for (key, rows) in [("U_A", &l.a_rows), ("U_B", &l.b_rows)] {
             if let Some(u) = rows {
-                t.push((format!("{}.{key}", l.key), vec![u.nrows(), u.ncols()], mat_to_rows(u.as_ref())));
+                t.push((format!("{}.{key}", l.key), vec![u.nrows(), u.ncols()], mat_to_rows(Mat::as_ref(u))));
             }
         }
     }
@@ -130,7 +130,7 @@ fn factor_tensors<T: Float>(f: &KfacFactors<T>) -> Vec<(String, Vec<usize>, Vec<
         for (u, us) in tf.uses.iter().enumerate() {
             let name = &tf.param.name;
             if let Some(a) = &us.a {
-                t.push((format!("{name}.use{u}.A"), vec![a.nrows(), a.ncols()], mat_to_rows(a.as_ref())));
+                t.push((format!("{name}.use{u}.A"), vec![a.nrows(), a.ncols()], mat_to_rows(Mat::as_ref(a))));
             }
             t.push((format!("{name}.use{u}.B"), vec![us.b.nrows(), us.b.ncols()], mat_to_rows(us.b.as_ref())));
         }
@@ -287,10 +287,10 @@ pub fn load_factors<T: Float>(path: &Path, p: &Problem<T>, active: &ActiveSet) -
                     weight,
                     bias: pl.own_bias().cloned(),
                     joint: pl.joint,
-                    a,
-                    b,
-                    a_rows,
-                    b_rows,
+                    a: a.map(Arc::new),
+                    b: Arc::new(b),
+                    a_rows: a_rows.map(Arc::new),
+                    b_rows: b_rows.map(Arc::new),
                 });
             }
             Block::Dense(di) => {

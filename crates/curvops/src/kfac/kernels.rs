@@ -41,11 +41,16 @@ pub fn symmetrize_lower<T: Float>(m: &mut Mat<T>) {
     // in 32 × 32 tiles, so that the strided reads stay in cache
     const TILE: usize = 32;
     let n = m.nrows();
+    assert_eq!(m.ncols(), n, "symmetrize_lower: a square matrix");
+    let cs = m.col_stride() as usize;
+    let p = m.as_ptr_mut();
     for jb in (0..n).step_by(TILE) {
         for ib in (0..=jb).step_by(TILE) {
             for j in jb..(jb + TILE).min(n) {
                 for i in ib..(ib + TILE).min(j) {
-                    m[(i, j)] = m[(j, i)];
+                    // SAFETY: i < j < n, and the matrix is n × n with unit row stride and column
+                    // stride `cs`, so both offsets are inside its allocation and distinct
+                    unsafe { *p.add(i + j * cs) = *p.add(j + i * cs) };
                 }
             }
         }

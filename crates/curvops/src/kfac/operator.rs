@@ -61,8 +61,8 @@ impl<T: Float> Kfac<T> {
             .layers
             .iter()
             .map(|l| {
-                let arc = |m: &Option<Mat<T>>| m.clone().map(Arc::new);
-                (Arc::new(l.b.clone()), arc(&l.a), arc(&l.b_rows), arc(&l.a_rows))
+                // the operator shares the fitted matrices (no copies)
+                (l.b.clone(), l.a.clone(), l.b_rows.clone(), l.a_rows.clone())
             })
             .collect();
         let nl = factors.layers.len();
@@ -136,9 +136,9 @@ impl<T: Float> Kfac<T> {
             .get_or_init(|| {
                 let l = &self.factors.layers[i];
                 let split = |e: Eigh<T>| (e.values, Arc::new(e.vectors));
-                let b = split(Eigh::from_dense(l.b.as_ref())?);
+                let b = split(Eigh::from_dense(Mat::as_ref(&l.b))?);
                 let a = match &l.a {
-                    Some(a) => Some(split(Eigh::from_dense(a.as_ref())?)),
+                    Some(a) => Some(split(Eigh::from_dense(Mat::as_ref(a))?)),
                     None => None,
                 };
                 Ok(LayerEigh { a, b })
@@ -229,8 +229,8 @@ impl<T: Float> Kfac<T> {
                 continue;
             }
             let l = &self.factors.layers[sl.layer];
-            let a = if sl.with_a() { sq_norm(l.a.as_ref().expect("input factor").as_ref()) } else { 1.0 };
-            s += sq_norm(l.b.as_ref()) * a;
+            let a = if sl.with_a() { sq_norm(Mat::as_ref(l.a.as_ref().expect("input factor"))) } else { 1.0 };
+            s += sq_norm(Mat::as_ref(&l.b)) * a;
         }
         T::of(s.sqrt())
     }
@@ -251,8 +251,8 @@ impl<T: Float> Kfac<T> {
         let Some(l) = self.factors.layers.get(i) else { return (damping, damping) };
         match (mode, &l.a) {
             (DampingMode::Pi, Some(a)) => {
-                let ma = trace_of(a.as_ref()) / a.nrows() as f64;
-                let mb = trace_of(l.b.as_ref()) / l.b.nrows() as f64;
+                let ma = trace_of(Mat::as_ref(a)) / a.nrows() as f64;
+                let mb = trace_of(Mat::as_ref(&l.b)) / l.b.nrows() as f64;
                 if ma >= 0.0 && mb > 0.0 {
                     let pi = (ma / mb).sqrt();
                     let sd = damping.sqrt();
@@ -346,8 +346,8 @@ impl<T: Float> LinearOperator<T> for Kfac<T> {
                 continue;
             }
             let l = &self.factors.layers[sl.layer];
-            let a = if sl.with_a() { trace_of(l.a.as_ref().expect("input factor").as_ref()) } else { 1.0 };
-            t += trace_of(l.b.as_ref()) * a;
+            let a = if sl.with_a() { trace_of(Mat::as_ref(l.a.as_ref().expect("input factor"))) } else { 1.0 };
+            t += trace_of(Mat::as_ref(&l.b)) * a;
         }
         Ok(T::of(t))
     }

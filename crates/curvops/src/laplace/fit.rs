@@ -503,7 +503,10 @@ fn kfac<T: Float>(
             continue;
         }
         if let Some(w) = &lf.weight {
-            let a = lf.a.clone().ok_or_else(|| LaplaceError(format!("KFAC: '{}' has no input factor", w.name)))?;
+            let a =
+                lf.a.as_deref()
+                    .cloned()
+                    .ok_or_else(|| LaplaceError(format!("KFAC: '{}' has no input factor", w.name)))?;
             let b = scaled(&lf.b);
             let blk = if lf.transposed { KronBlock::Kron { b: a, a: b } } else { KronBlock::Kron { b, a } };
             put(w.offset, &w.name, blk)?;
