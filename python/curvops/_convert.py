@@ -910,13 +910,20 @@ class _Converter:
             return Unsupported(f"the attention weights of '{x.name}' (curvops' attention returns no weights)")
         if isinstance(x, (list, tuple)):
             return x[idx]
-        x = self.batched(x, n)
         idx = idx if isinstance(idx, tuple) else (idx,)
-        if not idx or idx[0] != slice(None):
-            raise ConversionError(f"{self.where(n)}: indexing along the batch axis")
+        if isinstance(x, Param):
+            # `wpe[:T]`: a parameter indexed directly (no batch axis), the same for every sample
+            t = x.tensor
+            x = Shared(self.shared_param(x, tuple(t.shape), self.where(n)), t.shape)
+            items, kind = idx, Shared
+        else:
+            x = self.batched(x, n)
+            if not idx or idx[0] != slice(None):
+                raise ConversionError(f"{self.where(n)}: indexing along the batch axis")
+            items, kind = idx[1:], Batched
         cur, dim = x, 0
         shape = list(x.shape)
-        for it in idx[1:]:
+        for it in items:
             if it is Ellipsis:
                 raise ConversionError(f"{self.where(n)}: indexing with '...'")
             if isinstance(it, int):
@@ -926,7 +933,7 @@ class _Converter:
                 name = self.unique(n.name)
                 self.emit("select", [cur.name], name, dim=dim, index=it % size)
                 shape.pop(dim)
-                cur = Batched(name, shape)
+                cur = kind(name, list(shape))
             elif isinstance(it, slice):
                 size = shape[dim]
                 start, stop, step = it.indices(size)
@@ -936,7 +943,7 @@ class _Converter:
                     name = self.unique(n.name)
                     self.emit("slice", [cur.name], name, dim=dim, start=start, end=stop)
                     shape[dim] = stop - start
-                    cur = Batched(name, shape)
+                    cur = kind(name, list(shape))
                 dim += 1
             else:
                 raise ConversionError(f"{self.where(n)}: indexing with {type(it).__name__}")

@@ -469,3 +469,25 @@ def test_preconditioned_solve_spectrum_vivit():
     assert np.abs(vals_l - evb[:3]).max() <= 1e-10 * evb[0]
     assert np.linalg.norm(Db @ vecs_l - vecs_l * vals_l) <= 1e-9 * evb[0]
     assert set(groups_l) <= {"0", "2"}
+
+
+def test_indexed_parameter():
+    """`wpe[:T]` (the benchmark GPT's learned positions) and `table[1]`: a parameter indexed
+    directly becomes a `parameter` node with `slice`/`select`."""
+
+    class Pos(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(9, 6)
+            self.wpe = nn.Parameter(torch.randn(8, 6, generator=g))
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, idx):
+            T = idx.shape[1]
+            h = self.emb(idx) + self.wpe[:T] + self.wpe[2]
+            return self.head(h).transpose(1, 2)
+
+    X = torch.randint(0, 9, (3, 5), generator=g)
+    P = outputs_match(Pos(), X, nn.CrossEntropyLoss(), torch.randint(0, 3, (3, 5), generator=g))
+    types = [d["type"] for d in P.converted.spec["nodes"]]
+    assert "parameter" in types and "slice" in types and "select" in types
