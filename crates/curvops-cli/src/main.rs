@@ -17,29 +17,9 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: alloc::Counting = alloc::Counting;
 
-/// Keeps freed memory in the process (glibc): curvature products allocate and free
-/// megabyte-sized buffers per layer and batch; by default glibc returns them to the kernel,
-/// and every later allocation then pays for page faults and page zeroing (a fifth of the run
-/// time on the CNN benchmark before this).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_allocator() {
-    extern "C" {
-        fn mallopt(param: i32, value: i32) -> i32;
-    }
-    const M_TRIM_THRESHOLD: i32 = -1;
-    const M_MMAP_THRESHOLD: i32 = -3;
-    // SAFETY: mallopt only changes allocator parameters; called before any threads start.
-    unsafe {
-        mallopt(M_MMAP_THRESHOLD, 32 << 20);
-        mallopt(M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
-
 fn main() {
-    tune_allocator();
+    // the CLI owns its process: keep up to 1 GiB of freed memory for reuse (curvops_tensor::alloc)
+    curvops_tensor::alloc::retain_freed_memory(32 << 20, 1 << 30);
     std::panic::set_hook(Box::new(|info| {
         let msg = if let Some(s) = info.payload().downcast_ref::<&str>() {
             s.to_string()

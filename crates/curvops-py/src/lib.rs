@@ -49,6 +49,12 @@ fn threads() -> usize {
 /// The extension module.
 #[pymodule]
 fn _curvops(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // keep freed buffers (up to 256 MiB at the heap's top) for reuse instead of paying page
+    // faults on every product (curvops_tensor::alloc); CURVOPS_MALLOC_TUNING=0 leaves glibc's
+    // defaults
+    if std::env::var("CURVOPS_MALLOC_TUNING").map_or(true, |v| v != "0") {
+        curvops_tensor::alloc::retain_freed_memory(32 << 20, 256 << 20);
+    }
     m.add_class::<problem::PyProblem>()?;
     m.add_class::<operator::PyOperator>()?;
     m.add_class::<laplace::PyLaplace>()?;

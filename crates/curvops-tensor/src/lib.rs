@@ -16,6 +16,7 @@
 // Index loops over several arrays are the clearest form for numerical kernels.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
+pub mod alloc;
 pub mod conv;
 pub mod float;
 pub mod gemm;
