@@ -512,7 +512,7 @@ impl<T: Float> Layer<T> for MultiheadAttention {
         rgrad: &mut ParamOut<T>,
         want: &[bool],
         want_g: &[bool],
-    ) -> (Vec<Option<Vec<T>>>, Vec<Option<Vec<T>>>) {
+    ) -> (super::InputCotangents<T>, super::InputCotangents<T>) {
         if !want_g[0] {
             return (vec![self.hvp_impl(c, rxs[0], dp, g, rg, k, rgrad, want[0], None)], Vec::new());
         }

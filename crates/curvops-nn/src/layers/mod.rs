@@ -146,6 +146,9 @@ pub struct Ctx<'a, T> {
     pub n: usize,
 }
 
+/// Per input of a node, a cotangent (`None` where not wanted).
+pub type InputCotangents<T> = Vec<Option<Vec<T>>>;
+
 /// Parameter tangents of one layer: per tensor, `[K, size]` or `None` if held fixed.
 pub type ParamIn<'a, T> = [Option<&'a [T]>];
 /// Parameter outputs of one layer: per tensor, a buffer or `None` if not wanted.
@@ -284,7 +287,7 @@ pub trait Layer<T: Float>: Send + Sync + std::fmt::Debug {
         rgrad: &mut ParamOut<T>,
         want: &[bool],
         want_g: &[bool],
-    ) -> (Vec<Option<Vec<T>>>, Vec<Option<Vec<T>>>) {
+    ) -> (InputCotangents<T>, InputCotangents<T>) {
         let rgx = self.hvp_backward_inputs(c, rxs, dp, g, rg, k, rgrad, want);
         let gx = if want_g.iter().any(|&w| w) { self.vjp_inputs(c, g, 1, want_g) } else { Vec::new() };
         (rgx, gx)
