@@ -603,14 +603,13 @@ impl<T: Float> Network<T> {
             let next = self.with_ctx(l, theta, tape, |c| {
                 let ins = &self.layout.node_inputs[l];
                 let dxs: Vec<Option<&[T]>> = ins.iter().map(|&v| tan[v].as_deref()).collect();
-                let mut next = if dxs.iter().any(Option::is_some) { layer.jvp_inputs(c, &dxs, k) } else { None };
                 if active.layer_active[l] {
                     let dp = self.gather_layer(l, dtheta, k, active);
                     let dpr: Vec<Option<&[T]>> = dp.iter().map(|o| o.as_deref()).collect();
-                    let dy = next.get_or_insert_with(|| vec![T::zero(); tape.n * k * layer.out_size()]);
-                    layer.jvp_param(c, &dpr, k, dy);
+                    layer.jvp_all(c, &dxs, Some(&dpr), k)
+                } else {
+                    layer.jvp_all(c, &dxs, None, k)
                 }
-                next
             });
             if !keep_all {
                 for &v in &self.layout.node_inputs[l] {
@@ -849,23 +848,19 @@ impl<T: Float> Network<T> {
             let dpr: Vec<Option<&[T]>> = dp.iter().map(|o| o.as_deref()).collect();
             let rxs: Vec<Option<&[T]>> = ins.iter().map(|&v| rx[v].as_deref()).collect();
             let g_ref: &[T] = gl.as_deref().unwrap_or(&[]);
+            let want_g: Vec<bool> =
+                ins.iter().zip(&want).map(|(&v, &w)| gl.is_some() && w && v > 0 && need_g[v - 1]).collect();
             let (rgx, gx) = self.with_ctx(l, theta, tape, |c| {
-                let mut rgx = Vec::new();
+                let mut res = (Vec::new(), Vec::new());
                 if active.layer_active[l] {
                     self.with_layer_out(l, out, k, active, |views| {
-                        rgx = layer.hvp_backward_inputs(c, &rxs, &dpr, g_ref, &rgl, k, views, &want);
+                        res = layer.hvp_backward_with_vjp(c, &rxs, &dpr, g_ref, &rgl, k, views, &want, &want_g);
                     });
                 } else {
                     let mut none: Vec<Option<&mut [T]>> = (0..dpr.len()).map(|_| None).collect();
-                    rgx = layer.hvp_backward_inputs(c, &rxs, &dpr, g_ref, &rgl, k, &mut none, &want);
+                    res = layer.hvp_backward_with_vjp(c, &rxs, &dpr, g_ref, &rgl, k, &mut none, &want, &want_g);
                 }
-                let want_g: Vec<bool> = ins.iter().zip(&want).map(|(&v, &w)| w && v > 0 && need_g[v - 1]).collect();
-                let gx = if gl.is_some() && want_g.iter().any(|&w| w) {
-                    layer.vjp_inputs(c, g_ref, 1, &want_g)
-                } else {
-                    Vec::new()
-                };
-                (rgx, gx)
+                res
             });
             for (&v, r) in ins.iter().zip(rgx) {
                 if let Some(r) = r {

@@ -70,6 +70,23 @@ pub fn gemm<T: Float>(
     let bv = view(b, k, n, ldb.max(1), tb);
     let cv = view_mut(c, m, n, ldc.max(1));
     matmul(cv, accum, av, bv, alpha, threads::par());
+    clear_upper_state();
+}
+
+/// Clears the upper halves of the vector registers (`vzeroupper`) after a faer GEMM.
+///
+/// faer's x86 GEMM kernels (private-gemm-x86, hand-written AVX-512/AVX2 assembly) return with
+/// the upper register state dirty. Every SSE-encoded instruction after that (the code compiled
+/// for the baseline target, libm) then pays a false dependency on the upper halves — on the
+/// AVX-512 benchmark machine this made a scalar `expf` loop after a GEMM about 10× slower.
+#[inline]
+pub fn clear_upper_state() {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: the CPU has AVX (checked); `vzeroupper` only zeroes bits 128 and up of the
+        // vector registers, which no live Rust value occupies between calls.
+        unsafe { std::arch::asm!("vzeroupper", options(nomem, nostack, preserves_flags)) };
+    }
 }
 
 /// `C ← op(A)·op(B)` into a fresh contiguous `m × n` row-major vector.
@@ -101,6 +118,7 @@ pub fn gemm_new<T: Float>(
         matmul(cv, Accum::Replace, av, bv, T::one(), threads::par());
         c.set_len(m * n);
     }
+    clear_upper_state();
     c
 }
 

@@ -35,14 +35,33 @@ pub fn copy<T: Copy>(src: &[T], dst: &mut [T]) {
     dst.copy_from_slice(src);
 }
 
-/// `src.to_vec()` through [`copy`].
-pub fn to_vec<T: Copy + Default>(src: &[T]) -> Vec<T> {
-    if std::mem::size_of_val(src) < 4096 {
-        return src.to_vec();
+/// `src.to_vec()` through [`copy`]'s vector loop (the new vector is written once, never
+/// zero-filled first).
+pub fn to_vec<T: Copy>(src: &[T]) -> Vec<T> {
+    let bytes = std::mem::size_of_val(src);
+    #[cfg(target_arch = "x86_64")]
+    if bytes >= 4096 && crate::simd::has_avx2() {
+        let mut v: Vec<T> = Vec::with_capacity(src.len());
+        // SAFETY: the CPU has AVX (checked); the destination is the new allocation's
+        // `src.len()` elements (`bytes` bytes, distinct from `src`), all written by the copy
+        // before `set_len`; `T: Copy` may be copied bytewise.
+        unsafe {
+            copy_avx(src.as_ptr().cast::<u8>(), v.as_mut_ptr().cast::<u8>(), bytes);
+            v.set_len(src.len());
+        }
+        return v;
     }
-    let mut v = vec![T::default(); src.len()];
-    copy(src, &mut v);
-    v
+    let _ = bytes;
+    src.to_vec()
+}
+
+/// `a + b` elementwise into a new vector (one pass, no zero-fill).
+pub fn add_new<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
+    assert_eq!(a.len(), b.len(), "add_new: lengths differ");
+    crate::simd::with_simd(
+        #[inline(always)]
+        || a.iter().zip(b).map(|(&x, &y)| x + y).collect(),
+    )
 }
 
 /// Copies `n` bytes with unaligned 256-bit loads and stores, 128 bytes per step.

@@ -51,6 +51,8 @@ pub fn par() -> faer::Par {
 
 /// Runs `f` marked as inside a parallel loop (its GEMMs run sequentially).
 fn in_parallel<R>(f: impl FnOnce() -> R) -> R {
+    // a worker may come from a part of faer's parallel GEMM (see `gemm::clear_upper_state`)
+    crate::gemm::clear_upper_state();
     IN_PARALLEL.with(|c| {
         let old = c.replace(true);
         let r = f();

@@ -34,9 +34,8 @@ pub fn loss_and_grad_on<T: Float>(p: &Problem<T>, walk: &DataWalk<T>, active: &A
     let mut loss = 0.0;
     for batch in walk.batches() {
         let tape = net.forward(&p.theta, batch.x, batch.n);
-        let vals = net.loss.values(tape.output(), batch.y, batch.n, cdim);
+        let (vals, mut g) = net.loss.values_and_grad(tape.output(), batch.y, batch.n, cdim);
         loss += vals.iter().map(|v| v.as_f64()).sum::<f64>();
-        let mut g = net.loss.grad(tape.output(), batch.y, batch.n, cdim);
         curvops_tensor::ops::scale(T::of(c), &mut g);
         net.vjp(&p.theta, &tape, g, 1, active, &mut grad);
     }

@@ -386,6 +386,49 @@ impl<T: Float> Layer<T> for MultiheadAttention {
         swap_mid(&dy_tk, t, k, e, dy, true);
     }
 
+    /// With both an input tangent and a tangent of `W_in`/`b_in`, the two tangents of `A` are
+    /// summed first (`dA = dX W_inᵀ + X dW_inᵀ + 1 db_inᵀ`), so the core JVP and the `W_out`
+    /// product run once instead of once for each.
+    fn jvp_all(&self, c: &Ctx<T>, dxs: &[Option<&[T]>], dp: Option<&ParamIn<T>>, k: usize) -> Option<Vec<T>> {
+        let (Some(dx), Some(dp)) = (dxs[0], dp) else { return super::jvp_all_default(self, c, dxs, dp, k) };
+        if dp[0].is_none() && dp[1].is_none() {
+            return super::jvp_all_default(self, c, dxs, Some(dp), k);
+        }
+        let (t, e) = (self.t, self.e);
+        let nt = c.n * t;
+        let one = T::one();
+        let (w_in, _, w_out, _) = self.weights(c.p);
+        let f = self.fwd(c);
+        // dA in the tk layout [N·T, K·3E]
+        let mut da = match dp[0] {
+            Some(dw) => gemm_new(nt, k * 3 * e, e, c.x, e, Trans::N, dw, e, Trans::T),
+            None => vec![T::zero(); nt * k * 3 * e],
+        };
+        if let Some(db) = dp[1] {
+            add_rows(db, &mut da);
+        }
+        if k == 1 {
+            gemm(nt, 3 * e, e, one, dx, e, Trans::N, w_in, e, Trans::T, one, &mut da, 3 * e);
+        } else {
+            let dxa = gemm_new(nt * k, 3 * e, e, dx, e, Trans::N, w_in, e, Trans::T);
+            swap_mid(&dxa, k, t, 3 * e, &mut da, true);
+        }
+        let d_o = self.batch_jvp(&f, &da, Lay { k, t, tk: true });
+        let mut dy_tk = gemm_new(nt * k, e, e, &d_o, e, Trans::N, w_out, e, Trans::T);
+        if let Some(dw) = dp[2] {
+            gemm(nt, k * e, e, one, f.o, e, Trans::N, dw, e, Trans::T, one, &mut dy_tk, k * e);
+        }
+        if let Some(db) = dp[3] {
+            add_rows(db, &mut dy_tk);
+        }
+        if k == 1 || t == 1 {
+            return Some(dy_tk);
+        }
+        let mut dy = vec![T::zero(); dy_tk.len()];
+        swap_mid(&dy_tk, t, k, e, &mut dy, false);
+        Some(dy)
+    }
+
     fn vjp_input(&self, c: &Ctx<T>, g: &[T], k: usize) -> Vec<T> {
         let (t, e) = (self.t, self.e);
         let rows = c.n * k * t;
@@ -452,6 +495,51 @@ impl<T: Float> Layer<T> for MultiheadAttention {
         rgrad: &mut ParamOut<T>,
         want_input: bool,
     ) -> Option<Vec<T>> {
+        self.hvp_impl(c, rx, dp, g, rg, k, rgrad, want_input, None)
+    }
+
+    /// When the R-op runs the core with a nonzero `R(A)`, the primal `gA` comes out of the same
+    /// per-head pass ([`MultiheadAttention::core_hvp`]), so the primal input cotangent
+    /// `G_X = gA W_in` costs one GEMM instead of a second core VJP.
+    fn hvp_backward_with_vjp(
+        &self,
+        c: &Ctx<T>,
+        rxs: &[Option<&[T]>],
+        dp: &ParamIn<T>,
+        g: &[T],
+        rg: &[T],
+        k: usize,
+        rgrad: &mut ParamOut<T>,
+        want: &[bool],
+        want_g: &[bool],
+    ) -> (super::InputCotangents<T>, super::InputCotangents<T>) {
+        if !want_g[0] {
+            return (vec![self.hvp_impl(c, rxs[0], dp, g, rg, k, rgrad, want[0], None)], Vec::new());
+        }
+        let mut gx = None;
+        let rgx = self.hvp_impl(c, rxs[0], dp, g, rg, k, rgrad, want[0], Some(&mut gx));
+        let gx = gx.unwrap_or_else(|| self.vjp_input(c, g, 1));
+        (vec![rgx], vec![Some(gx)])
+    }
+}
+
+impl MultiheadAttention {
+    /// [`Layer::hvp_backward`]; with `gx_out`, also stores the primal input cotangent
+    /// `G_X = gA W_in` there when the R-op computed `gA` on its way (a nonzero `R(A)`), and
+    /// leaves it `None` otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn hvp_impl<T: Float>(
+        &self,
+        c: &Ctx<T>,
+        rx: Option<&[T]>,
+        dp: &ParamIn<T>,
+        g: &[T],
+        rg: &[T],
+        k: usize,
+        rgrad: &mut ParamOut<T>,
+        want_input: bool,
+        gx_out: Option<&mut Option<Vec<T>>>,
+    ) -> Option<Vec<T>> {
         let (t, e, n) = (self.t, self.e, c.n);
         let nt = n * t;
         let one = T::one();
@@ -463,7 +551,8 @@ impl<T: Float> Layer<T> for MultiheadAttention {
         let need_rga = want_input || rgrad[0].is_some() || rgrad[1].is_some();
         let need_ro = has_ra && rgrad[2].is_some();
         // the primal gA enters R(G_X) (through dW_in) and R(∇W_in) (through R(X))
-        let need_ga = has_ra && ((want_input && dw_in.is_some()) || (rgrad[0].is_some() && rx.is_some()));
+        let need_ga =
+            has_ra && ((want_input && dw_in.is_some()) || (rgrad[0].is_some() && rx.is_some()) || gx_out.is_some());
 
         let rg_tk = swap_layout(rg, k, t, e);
         let rx_tk = rx.map(|r| swap_layout(r, k, t, e));
@@ -536,6 +625,9 @@ impl<T: Float> Layer<T> for MultiheadAttention {
             (None, None, rga)
         };
 
+        if let (Some(slot), Some(ga)) = (gx_out, ga.as_deref()) {
+            *slot = Some(gemm_new(nt, e, 3 * e, ga, 3 * e, Trans::N, w_in, e, Trans::N));
+        }
         // out_proj, second part: R(∇W_out) += Gᵀ R(O)
         if let (Some(ro), Some(gw)) = (ro.as_deref(), rgrad[2].as_deref_mut()) {
             for kk in 0..k {
@@ -1003,6 +1095,80 @@ mod tests {
             let x = randn(&mut r, n * t * e, 1.0);
             let name = format!("multihead_attention(t {t}, e {e}, h {h}, causal {causal}, n {n})");
             check_rules(&name, &l, &p, &[x], &[true], n, 1e-6);
+        }
+    }
+
+    #[test]
+    fn fused_jvp_equals_input_plus_parameter_jvp() {
+        // jvp_all sums the tangents of A before the core JVP: it must equal jvp_inputs +
+        // jvp_param for every subset of parameter tangents, K = 1 and K > 1, with and without dx
+        let mut r = Rng::new(23);
+        for &(t, e, h, n, causal) in &[(4, 6, 2, 3, true), (3, 6, 1, 2, false), (1, 6, 2, 2, true)] {
+            let l = MultiheadAttention::new(t, e, h, causal).unwrap();
+            let p = params(&mut r, e);
+            let x = randn(&mut r, n * t * e, 1.0);
+            let (y, aux) = Layer::<f64>::forward(&l, &p, &x, n);
+            let xs = [x.as_slice()];
+            let c = Ctx { p: &p, x: &x, xs: &xs, y: &y, aux: &aux, n };
+            let sizes: Vec<usize> = Layer::<f64>::params(&l).iter().map(|s| s.len()).collect();
+            for k in [1, 3] {
+                let dx = randn(&mut r, n * k * t * e, 1.0);
+                let dps: Vec<Vec<f64>> = sizes.iter().map(|&s| randn(&mut r, k * s, 1.0)).collect();
+                for mask in 0..16u32 {
+                    let dp: Vec<Option<&[f64]>> =
+                        (0..4).map(|i| (mask >> i & 1 == 1).then_some(dps[i].as_slice())).collect();
+                    for with_dx in [false, true] {
+                        let dxs = [with_dx.then_some(dx.as_slice())];
+                        let fused = Layer::<f64>::jvp_all(&l, &c, &dxs, Some(&dp), k).unwrap();
+                        let mut want = if with_dx { l.jvp_input(&c, &dx, k) } else { vec![0.0; fused.len()] };
+                        l.jvp_param(&c, &dp, k, &mut want);
+                        let err = rel_err(&fused, &want);
+                        assert!(err < 1e-13, "t {t} k {k} mask {mask} dx {with_dx}: {err:.2e}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hvp_with_vjp_equals_the_separate_rules() {
+        // the primal input cotangent from the R-op's pass equals vjp_input, and the R-op's
+        // results are those of hvp_backward, whichever tangents are nonzero
+        let mut r = Rng::new(29);
+        let (t, e, h, n, k) = (4, 6, 2, 2, 2);
+        for causal in [false, true] {
+            let l = MultiheadAttention::new(t, e, h, causal).unwrap();
+            let p = params(&mut r, e);
+            let x = randn(&mut r, n * t * e, 1.0);
+            let (y, aux) = Layer::<f64>::forward(&l, &p, &x, n);
+            let xs = [x.as_slice()];
+            let c = Ctx { p: &p, x: &x, xs: &xs, y: &y, aux: &aux, n };
+            let g = randn(&mut r, n * t * e, 1.0);
+            let rg = randn(&mut r, n * k * t * e, 1.0);
+            let rx = randn(&mut r, n * k * t * e, 1.0);
+            let sizes: Vec<usize> = Layer::<f64>::params(&l).iter().map(|s| s.len()).collect();
+            let dps: Vec<Vec<f64>> = sizes.iter().map(|&s| randn(&mut r, k * s, 1.0)).collect();
+            let gx_want = l.vjp_input(&c, &g, 1);
+            for mask in 0..16u32 {
+                let dp: Vec<Option<&[f64]>> =
+                    (0..4).map(|i| (mask >> i & 1 == 1).then_some(dps[i].as_slice())).collect();
+                for with_rx in [false, true] {
+                    let rxs = [with_rx.then_some(rx.as_slice())];
+                    let (rgx_want, bufs_want) = run_hvp(&l, &c, rxs[0], &dp, &g, &rg, k, [true; 4], true);
+                    let mut bufs: Vec<Vec<f64>> = sizes.iter().map(|&s| vec![0.5; k * s]).collect();
+                    let (rgx, gx) = {
+                        let mut views: Vec<Option<&mut [f64]>> =
+                            bufs.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
+                        l.hvp_backward_with_vjp(&c, &rxs, &dp, &g, &rg, k, &mut views, &[true], &[true])
+                    };
+                    let tag = format!("causal {causal} mask {mask} rx {with_rx}");
+                    assert!(rel_err(rgx[0].as_ref().unwrap(), rgx_want.as_ref().unwrap()) < 1e-13, "R(g_x), {tag}");
+                    assert!(rel_err(gx[0].as_ref().unwrap(), &gx_want) < 1e-13, "g_x, {tag}");
+                    for i in 0..4 {
+                        assert!(rel_err(&bufs[i], &bufs_want[i]) < 1e-13, "R(∇θ_{i}), {tag}");
+                    }
+                }
+            }
         }
     }
 

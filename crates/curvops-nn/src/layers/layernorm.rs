@@ -115,21 +115,23 @@ impl LayerNorm {
         self.m
     }
 
-    /// `x̂` (`[N·R, M]`) and `s` (`[N·R]`) of every row of `x`.
-    fn normalize<T: Float>(&self, x: &[T]) -> (Vec<T>, Vec<T>) {
+    /// `[x̂ | s]`: `x̂` (`[N·R, M]`) and `s` (`[N·R]`) of every row of `x`, in one vector
+    /// (what the forward pass keeps; each entry written once).
+    fn normalize<T: Float>(&self, x: &[T]) -> Vec<T> {
         let m = self.m;
+        let rows = x.len() / m;
         let inv_m = T::one() / T::of(m as f64);
         let eps = T::of(self.eps);
-        let mut xh = vec![T::zero(); x.len()];
-        let mut s = Vec::with_capacity(x.len() / m);
+        let mut xh = Vec::with_capacity(x.len() + rows);
+        let mut s = Vec::with_capacity(rows);
         with_simd(
             #[inline(always)]
             || {
-                for (row, out) in x.chunks_exact(m).zip(xh.chunks_exact_mut(m)) {
+                for row in x.chunks_exact(m) {
                     let mu = ops::sum(row) * inv_m;
-                    for (o, &v) in out.iter_mut().zip(row) {
-                        *o = v - mu;
-                    }
+                    let start = xh.len();
+                    xh.extend(row.iter().map(|&v| v - mu));
+                    let out = &mut xh[start..];
                     let var = ops::dot(out, out) * inv_m;
                     let sr = T::one() / (var + eps).sqrt();
                     for o in out.iter_mut() {
@@ -139,7 +141,8 @@ impl LayerNorm {
                 }
             },
         );
-        (xh, s)
+        xh.extend_from_slice(&s);
+        xh
     }
     /// `x̂` and `s` of the context's input: kept by the forward pass in `Aux::Cols([x̂ | s])`,
     /// recomputed when the context holds something else.
@@ -151,7 +154,8 @@ impl LayerNorm {
                 (Cow::Borrowed(xh), Cow::Borrowed(s))
             }
             _ => {
-                let (xh, s) = self.normalize(c.x);
+                let mut xh = self.normalize(c.x);
+                let s = xh.split_off(len);
                 (Cow::Owned(xh), Cow::Owned(s))
             }
         }
@@ -225,33 +229,28 @@ impl<T: Float> Layer<T> for LayerNorm {
 
     fn forward(&self, p: &[T], x: &[T], _n: usize) -> (Vec<T>, Aux<T>) {
         let m = self.m;
-        let (xh, sv) = self.normalize(x);
-        let mut y = ops::to_vec(&xh);
-        if let Some(w) = self.weight(p) {
-            let b = self.bias.then(|| &p[m..2 * m]);
-            with_simd(
-                #[inline(always)]
-                || {
-                    for row in y.chunks_exact_mut(m) {
-                        match b {
-                            Some(b) => {
-                                for ((v, &wv), &bv) in row.iter_mut().zip(w).zip(b) {
-                                    *v = *v * wv + bv;
-                                }
-                            }
-                            None => {
-                                for (v, &wv) in row.iter_mut().zip(w) {
-                                    *v *= wv;
-                                }
+        // x̂ and s for the rules
+        let keep = self.normalize(x);
+        let xh = &keep[..x.len()];
+        let y = match self.weight(p) {
+            None => ops::to_vec(xh),
+            Some(w) => {
+                let b = self.bias.then(|| &p[m..2 * m]);
+                let mut y = Vec::with_capacity(xh.len());
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        for row in xh.chunks_exact(m) {
+                            match b {
+                                Some(b) => y.extend(row.iter().zip(w).zip(b).map(|((&v, &wv), &bv)| v * wv + bv)),
+                                None => y.extend(row.iter().zip(w).map(|(&v, &wv)| v * wv)),
                             }
                         }
-                    }
-                },
-            );
-        }
-        // x̂ and s for the rules
-        let mut keep = xh;
-        keep.extend_from_slice(&sv);
+                    },
+                );
+                y
+            }
+        };
         (y, Aux::Cols(keep))
     }
 
@@ -260,9 +259,11 @@ impl<T: Float> Layer<T> for LayerNorm {
         let inv_m = T::one() / T::of(m as f64);
         let (xh, s) = self.xhat_s(c);
         let w = self.weight(c.p);
-        let mut out = vec![T::zero(); dx.len()];
-        for (t, (d, o)) in dx.chunks_exact(m).zip(out.chunks_exact_mut(m)).enumerate() {
+        let mut out = Vec::with_capacity(dx.len());
+        for (t, d) in dx.chunks_exact(m).enumerate() {
             let pr = self.prow(t, k);
+            out.resize((t + 1) * m, T::zero());
+            let o = &mut out[t * m..];
             project(d, &xh[pr * m..(pr + 1) * m], s[pr], inv_m, o);
             if let Some(w) = w {
                 for (ov, &wv) in o.iter_mut().zip(w) {
@@ -298,12 +299,13 @@ impl<T: Float> Layer<T> for LayerNorm {
         let inv_m = T::one() / T::of(m as f64);
         let (xh, s) = self.xhat_s(c);
         let w = self.weight(c.p);
-        let mut out = vec![T::zero(); g.len()];
+        let mut out = Vec::with_capacity(g.len());
         let mut gh = vec![T::zero(); m];
-        for (t, (gr, o)) in g.chunks_exact(m).zip(out.chunks_exact_mut(m)).enumerate() {
+        for (t, gr) in g.chunks_exact(m).enumerate() {
             let pr = self.prow(t, k);
             times_w(gr, w, &mut gh);
-            project(&gh, &xh[pr * m..(pr + 1) * m], s[pr], inv_m, o);
+            out.resize((t + 1) * m, T::zero());
+            project(&gh, &xh[pr * m..(pr + 1) * m], s[pr], inv_m, &mut out[t * m..]);
         }
         out
     }
@@ -392,7 +394,8 @@ impl<T: Float> Layer<T> for LayerNorm {
             (Vec::new(), Vec::new(), Vec::new())
         };
 
-        let mut out = if want_input { vec![T::zero(); rg.len()] } else { Vec::new() };
+        // rows of R(g_x) are appended in order, each written right after its (cached) zero-fill
+        let mut out = if want_input { Vec::with_capacity(rg.len()) } else { Vec::new() };
         let mut rgh = vec![T::zero(); m];
         let mut dxh = vec![T::zero(); m];
         with_simd(
@@ -421,7 +424,8 @@ impl<T: Float> Layer<T> for LayerNorm {
                         if let Some(dw) = dw {
                             add_prod(gr, &dw[kk * m..(kk + 1) * m], &mut rgh);
                         }
-                        let o = &mut out[t * m..(t + 1) * m];
+                        out.resize((t + 1) * m, T::zero());
+                        let o = &mut out[t * m..];
                         project(&rgh, xr, sr, inv_m, o);
                         if let Some(a) = a {
                             let sl = pr * m..(pr + 1) * m;

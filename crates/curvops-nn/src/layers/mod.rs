@@ -146,6 +146,9 @@ pub struct Ctx<'a, T> {
     pub n: usize,
 }
 
+/// Per input of a node, a cotangent (`None` where not wanted).
+pub type InputCotangents<T> = Vec<Option<Vec<T>>>;
+
 /// Parameter tangents of one layer: per tensor, `[K, size]` or `None` if held fixed.
 pub type ParamIn<'a, T> = [Option<&'a [T]>];
 /// Parameter outputs of one layer: per tensor, a buffer or `None` if not wanted.
@@ -239,6 +242,14 @@ pub trait Layer<T: Float>: Send + Sync + std::fmt::Debug {
     fn jvp_inputs(&self, c: &Ctx<T>, dxs: &[Option<&[T]>], k: usize) -> Option<Vec<T>> {
         dxs[0].map(|dx| self.jvp_input(c, dx, k))
     }
+    /// The whole JVP of the node: `dy = Σ_i (∂y/∂x_i) dx_i + (∂y/∂θ) dθ` for the inputs whose
+    /// tangent is given and, with `dp`, the parameter tangents (`None`: the parameters are held
+    /// fixed); `None` when neither is given. Default: [`Layer::jvp_inputs`], then
+    /// [`Layer::jvp_param`] ([`jvp_all_default`]); a layer whose two share work (attention's
+    /// core JVP is linear in the tangent of its projections) overrides it.
+    fn jvp_all(&self, c: &Ctx<T>, dxs: &[Option<&[T]>], dp: Option<&ParamIn<T>>, k: usize) -> Option<Vec<T>> {
+        jvp_all_default(self, c, dxs, dp, k)
+    }
     /// `g_{x_i} = (∂y/∂x_i)ᵀ g` for each input with `want[i]` (`[N, K, I_i]`; `None` for the
     /// others). Default: [`Layer::vjp_input`] on the one input.
     fn vjp_inputs(&self, c: &Ctx<T>, g: &[T], k: usize, want: &[bool]) -> Vec<Option<Vec<T>>> {
@@ -259,6 +270,27 @@ pub trait Layer<T: Float>: Send + Sync + std::fmt::Debug {
         want: &[bool],
     ) -> Vec<Option<Vec<T>>> {
         vec![self.hvp_backward(c, rxs[0], dp, g, rg, k, rgrad, want[0])]
+    }
+    /// [`Layer::hvp_backward_inputs`] together with the primal input cotangents
+    /// `(∂y/∂x_i)ᵀ g` (one cotangent, `K = 1`) for the inputs with `want_g[i]` — what the HVP's
+    /// backward sweep needs from a node. Default: the two calls one after the other; a layer
+    /// whose R-op computes the primal backward pass anyway (attention's core VJP) overrides it.
+    #[allow(clippy::too_many_arguments)]
+    fn hvp_backward_with_vjp(
+        &self,
+        c: &Ctx<T>,
+        rxs: &[Option<&[T]>],
+        dp: &ParamIn<T>,
+        g: &[T],
+        rg: &[T],
+        k: usize,
+        rgrad: &mut ParamOut<T>,
+        want: &[bool],
+        want_g: &[bool],
+    ) -> (InputCotangents<T>, InputCotangents<T>) {
+        let rgx = self.hvp_backward_inputs(c, rxs, dp, g, rg, k, rgrad, want);
+        let gx = if want_g.iter().any(|&w| w) { self.vjp_inputs(c, g, 1, want_g) } else { Vec::new() };
+        (rgx, gx)
     }
     /// R-operator of backpropagation (see module docs). Returns `R(g_x)` when `want_input`.
     #[allow(clippy::too_many_arguments)]
@@ -403,6 +435,23 @@ pub fn sq_grad_diag_per_sample<T: Float, L: Layer<T> + ?Sized>(
             add_weighted_squares(b, w, o);
         }
     }
+}
+
+/// The default of [`Layer::jvp_all`]: [`Layer::jvp_inputs`], then [`Layer::jvp_param`] added
+/// into it (into zeros without input tangents).
+pub fn jvp_all_default<T: Float, L: Layer<T> + ?Sized>(
+    layer: &L,
+    c: &Ctx<T>,
+    dxs: &[Option<&[T]>],
+    dp: Option<&ParamIn<T>>,
+    k: usize,
+) -> Option<Vec<T>> {
+    let mut next = if dxs.iter().any(Option::is_some) { layer.jvp_inputs(c, dxs, k) } else { None };
+    if let Some(dp) = dp {
+        let dy = next.get_or_insert_with(|| vec![T::zero(); c.n * k * layer.out_size()]);
+        layer.jvp_param(c, dp, k, dy);
+    }
+    next
 }
 
 /// `out += Σ_r w_r rows_r²` (elementwise) for rows `[R, len]` of length `out.len()`.

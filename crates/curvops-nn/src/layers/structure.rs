@@ -136,19 +136,29 @@ impl Add {
 
     /// `Σ_i A_i x_i` over the given inputs on `rows` rows; `None` when none is given.
     fn apply<T: Float>(&self, xs: &[Option<&[T]>], rows: usize) -> Option<Vec<T>> {
-        let first = xs.iter().position(Option::is_some)?;
-        let mut y = match (&self.maps[first], xs[first]) {
-            (None, Some(x)) => ops::to_vec(x),
-            _ => {
+        let mut given = xs.iter().enumerate().filter_map(|(i, x)| x.map(|x| (i, x)));
+        let (first, x0) = given.next()?;
+        let mut y = match (&self.maps[first], given.next()) {
+            // the common residual `a + b` (no broadcast): one pass
+            (None, Some((j, x1))) if self.maps[j].is_none() => ops::add_new(x0, x1),
+            (None, next) => {
+                let mut y = ops::to_vec(x0);
+                if let Some((j, x1)) = next {
+                    self.add_into(j, x1, &mut y);
+                }
+                y
+            }
+            (Some(_), next) => {
                 let mut y = vec![T::zero(); rows * self.out_size_()];
-                self.add_into(first, xs[first].unwrap_or(&[]), &mut y);
+                self.add_into(first, x0, &mut y);
+                if let Some((j, x1)) = next {
+                    self.add_into(j, x1, &mut y);
+                }
                 y
             }
         };
-        for (i, x) in xs.iter().enumerate().skip(first + 1) {
-            if let Some(x) = x {
-                self.add_into(i, x, &mut y);
-            }
+        for (i, x) in given {
+            self.add_into(i, x, &mut y);
         }
         Some(y)
     }

@@ -4,17 +4,19 @@
 
 use crate::data::TargetsRef;
 use curvops_tensor::rng::keyed_uniform;
-use curvops_tensor::Float;
+use curvops_tensor::{ops, vmath, Float};
 
-/// Softmax of each row and its log-sum-exp.
-fn softmax_row<T: Float>(f: &[T], p: &mut [T]) -> T {
+/// Appends the softmax of the row `f` to `p` and returns its log-sum-exp: `e^{f − m} / z`
+/// with `m = max f`, `lse = m + ln z` (the exponentials through the vectorized
+/// [`vmath::exp_inplace`]; nothing is written twice).
+fn push_softmax_row<T: Float>(f: &[T], p: &mut Vec<T>) -> T {
     let m = f.iter().copied().fold(T::neg_infinity(), T::max);
-    let mut z = T::zero();
-    for (pi, &fi) in p.iter_mut().zip(f) {
-        *pi = (fi - m).exp();
-        z += *pi;
-    }
-    for pi in p.iter_mut() {
+    let start = p.len();
+    p.extend(f.iter().map(|&fi| fi - m));
+    let row = &mut p[start..];
+    vmath::exp_inplace(row);
+    let z = ops::sum(row);
+    for pi in row.iter_mut() {
         *pi /= z;
     }
     m + z.ln()
@@ -22,8 +24,8 @@ fn softmax_row<T: Float>(f: &[T], p: &mut [T]) -> T {
 
 /// `(p [n, C], lse [n])`.
 pub(crate) fn softmax<T: Float>(f: &[T], n: usize, c: usize) -> (Vec<T>, Vec<T>) {
-    let mut p = vec![T::zero(); n * c];
-    let lse = (0..n).map(|s| softmax_row(&f[s * c..(s + 1) * c], &mut p[s * c..(s + 1) * c])).collect();
+    let mut p = Vec::with_capacity(n * c);
+    let lse = (0..n).map(|s| push_softmax_row(&f[s * c..(s + 1) * c], &mut p)).collect();
     (p, lse)
 }
 
@@ -35,8 +37,8 @@ fn weights<T: Float>(y: TargetsRef<T>, n: usize, c: usize) -> Vec<T> {
     }
 }
 
-pub(super) fn values<T: Float>(f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> Vec<T> {
-    let (_, lse) = softmax(f, n, c);
+/// `ℓ_n` from the log-sum-exps.
+fn values_from_lse<T: Float>(f: &[T], lse: &[T], y: TargetsRef<T>, n: usize, c: usize) -> Vec<T> {
     match y {
         TargetsRef::Classes(cls) => (0..n).map(|s| lse[s] - f[s * c + cls[s]]).collect(),
         TargetsRef::Dense(v) => (0..n)
@@ -48,8 +50,8 @@ pub(super) fn values<T: Float>(f: &[T], y: TargetsRef<T>, n: usize, c: usize) ->
     }
 }
 
-pub(super) fn grad<T: Float>(f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> Vec<T> {
-    let (mut p, _) = softmax(f, n, c);
+/// The gradient `w p − y`, in place of the softmax `p`.
+fn grad_from_softmax<T: Float>(p: &mut [T], y: TargetsRef<T>, n: usize, c: usize) {
     match y {
         TargetsRef::Classes(cls) => {
             for s in 0..n {
@@ -65,7 +67,25 @@ pub(super) fn grad<T: Float>(f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> V
             }
         }
     }
+}
+
+pub(super) fn values<T: Float>(f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> Vec<T> {
+    let (_, lse) = softmax(f, n, c);
+    values_from_lse(f, &lse, y, n, c)
+}
+
+pub(super) fn grad<T: Float>(f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> Vec<T> {
+    let (mut p, _) = softmax(f, n, c);
+    grad_from_softmax(&mut p, y, n, c);
     p
+}
+
+/// [`values`] and [`grad`] from one softmax pass.
+pub(super) fn values_and_grad<T: Float>(f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> (Vec<T>, Vec<T>) {
+    let (mut p, lse) = softmax(f, n, c);
+    let vals = values_from_lse(f, &lse, y, n, c);
+    grad_from_softmax(&mut p, y, n, c);
+    (vals, p)
 }
 
 pub(super) fn hess_vp<T: Float>(f: &[T], y: TargetsRef<T>, v: &[T], n: usize, c: usize, k: usize) -> Vec<T> {

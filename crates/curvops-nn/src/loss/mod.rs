@@ -104,6 +104,20 @@ impl Loss {
         }
     }
 
+    /// [`Loss::values`] and [`Loss::grad`] together (cross-entropy: from one softmax pass).
+    pub fn values_and_grad<T: Float>(&self, f: &[T], y: TargetsRef<T>, n: usize, c: usize) -> (Vec<T>, Vec<T>) {
+        let t = self.positions;
+        if t > 1 {
+            let (per, g) = cross_entropy::values_and_grad(f, y, n * t, c / t);
+            let vals = per.chunks_exact(t).map(|r| r.iter().fold(T::zero(), |a, &b| a + b)).collect();
+            return (vals, g);
+        }
+        match self.kind {
+            LossKind::CrossEntropy => cross_entropy::values_and_grad(f, y, n, c),
+            _ => (self.values(f, y, n, c), self.grad(f, y, n, c)),
+        }
+    }
+
     /// `∇²_f ℓ_n v_{n,k}` for `K` vectors per sample: `v` and result `[n, K, C]`.
     pub fn hess_vp<T: Float>(&self, f: &[T], y: TargetsRef<T>, v: &[T], n: usize, c: usize, k: usize) -> Vec<T> {
         let t = self.positions;

@@ -114,9 +114,8 @@ pub fn train<T: Float>(
             };
             let factor = net.loss.factor(batch.n, c);
             let tape = net.forward(theta, batch.x, batch.n);
-            let vals = net.loss.values(tape.output(), batch.y, batch.n, c);
+            let (vals, mut g) = net.loss.values_and_grad(tape.output(), batch.y, batch.n, c);
             loss_sum += factor * vals.iter().map(|v| v.as_f64()).sum::<f64>() * batch.n as f64;
-            let mut g = net.loss.grad(tape.output(), batch.y, batch.n, c);
             curvops_tensor::ops::scale(T::of(factor), &mut g);
             grad.fill(T::zero());
             net.vjp(theta, &tape, g, 1, &all, &mut grad);
