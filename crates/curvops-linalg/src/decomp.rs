@@ -7,9 +7,9 @@
 //! shift `A + s·I`.
 
 use crate::LinalgError;
+use curvops_tensor::gemm::matmul;
 use curvops_tensor::{threads, Float};
 use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, MatMut, MatRef, Side};
 

@@ -2,8 +2,8 @@
 
 use crate::decomp::{dense_logdet, dense_solve, Eigh};
 use crate::{LinalgError, LinearOperator, Structure};
+use curvops_tensor::gemm::matmul;
 use curvops_tensor::{threads, Float};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef};
 
 /// A dense `m × n` matrix (faer `Mat`) with declared structure.

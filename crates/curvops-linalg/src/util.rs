@@ -1,8 +1,8 @@
 //! Small crate-private helpers: column norms and dots, applying into fresh matrices, checks.
 
 use crate::{LinalgError, LinearOperator};
+use curvops_tensor::gemm::matmul;
 use curvops_tensor::{threads, Float};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef};
 
 /// `a · b` into a new matrix (faer GEMM).

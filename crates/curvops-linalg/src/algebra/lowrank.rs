@@ -3,8 +3,8 @@
 use crate::decomp::{thin_qr, Eigh};
 use crate::util::mul;
 use crate::{LinalgError, LinearOperator, Structure};
+use curvops_tensor::gemm::matmul;
 use curvops_tensor::{threads, Float};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef};
 use std::sync::OnceLock;
 

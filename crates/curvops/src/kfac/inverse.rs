@@ -5,8 +5,8 @@ use super::operator::Kfac;
 use super::slots::{SlotMap, SlotOp};
 use super::KfacError;
 use curvops_linalg::{LinalgError, LinearOperator, Structure};
+use curvops_tensor::gemm::matmul;
 use curvops_tensor::{threads, Float};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef};
 use std::sync::Arc;
 

@@ -1,10 +1,10 @@
 //! Dense kernels of the KFAC module: symmetric rank-k updates (Gram matrices) and small
 //! helpers on row-major slices, all through faer.
 
+use curvops_tensor::gemm::{matmul as mm, tri_matmul};
 use curvops_tensor::gemm::{view, view_mut};
 use curvops_tensor::{threads, Float, Trans};
-use faer::linalg::matmul::matmul as mm;
-use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
+use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, Mat, MatRef};
 
 /// Below this dimension a Gram matrix is computed in full (faster than the triangular kernel).

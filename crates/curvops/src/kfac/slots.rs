@@ -425,7 +425,7 @@ impl<T: Float> SlotOp<T> {
                     let ql2 = Mat::<T>::from_fn(o, o, |a, b| ql[(a, b)] * ql[(a, b)]);
                     let f = Mat::<T>::from_fn(o, c, |a, b| values[a * c + b]);
                     let mut t = Mat::<T>::zeros(o, c);
-                    faer::linalg::matmul::matmul(
+                    curvops_tensor::gemm::matmul(
                         t.as_mut(),
                         Accum::Replace,
                         ql2.as_ref(),
@@ -437,7 +437,7 @@ impl<T: Float> SlotOp<T> {
                         Some(qr) => {
                             let qr2 = Mat::<T>::from_fn(c, c, |a, b| qr[(a, b)] * qr[(a, b)]);
                             let mut r = Mat::<T>::zeros(o, c);
-                            faer::linalg::matmul::matmul(
+                            curvops_tensor::gemm::matmul(
                                 r.as_mut(),
                                 Accum::Replace,
                                 t.as_ref(),

@@ -7,8 +7,8 @@
 //! inverse square root, identity), at the cost of four small GEMMs per block of vectors.
 
 use super::fit::KronBlock;
+use curvops_tensor::gemm::matmul;
 use curvops_tensor::{threads, Float};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef};
 
 /// The eigendecomposition of one KFAC block.

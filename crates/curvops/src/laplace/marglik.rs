@@ -33,8 +33,8 @@ use super::posterior::{log_likelihood, Posterior};
 use super::predictive::{jacobian_rows, probit_probs, GlmOutput};
 use super::{LaplaceError, Likelihood, PriorPrecision};
 use curvops_nn::{Dataset, Network, Targets};
+use curvops_tensor::gemm::matmul;
 use curvops_tensor::{threads, Float};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat};
 
 /// The structure of the prior precision to optimize.

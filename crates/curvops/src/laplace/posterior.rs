@@ -13,9 +13,9 @@
 use super::fit::{HessianApprox, LaplaceFit};
 use super::{LaplaceError, Likelihood, PriorPrecision};
 use curvops_linalg::{LinalgError, LinearOperator, Structure};
+use curvops_tensor::gemm::matmul;
 use curvops_tensor::rng::keyed_normal;
 use curvops_tensor::{threads, Float};
-use faer::linalg::matmul::matmul;
 use faer::linalg::triangular_solve::{solve_lower_triangular_in_place, solve_upper_triangular_in_place};
 use faer::{Accum, Mat, MatMut, MatRef, Side};
 

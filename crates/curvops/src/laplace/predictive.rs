@@ -16,9 +16,9 @@ use super::fit::LaplaceFit;
 use super::posterior::Posterior;
 use super::Likelihood;
 use curvops_nn::{Network, Tape};
+use curvops_tensor::gemm::matmul;
 use curvops_tensor::rng::keyed_normal;
 use curvops_tensor::{threads, Float};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef};
 
 /// How to turn a Gaussian over logits into class probabilities.

@@ -25,10 +25,10 @@
 use super::ConvGram;
 use curvops_nn::layers::{GradFactorShape, GramFeatures};
 use curvops_nn::{ActiveSet, Network, Tape};
+use curvops_tensor::gemm::{matmul, tri_matmul};
 use curvops_tensor::gemm::{view, view_mut};
 use curvops_tensor::{gemm, ops, threads, Float, Trans};
-use faer::linalg::matmul::matmul;
-use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
+use faer::linalg::matmul::triangular::BlockStructure;
 use faer::Accum;
 
 /// Where a feature's per-sample gradients come from.

@@ -3,8 +3,8 @@
 use super::Eigenpairs;
 use curvops_linalg::decomp::Eigh;
 use curvops_linalg::{LinalgError, LinearOperator, Structure};
+use curvops_tensor::gemm::matmul;
 use curvops_tensor::{threads, Float};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef};
 
 /// The low-rank GGN `V Vᵀ = Σ_k λ_k e_k e_kᵀ` (`D_S × D_S`), from ViViT's eigenpairs. With all
