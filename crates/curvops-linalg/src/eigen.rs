@@ -1,7 +1,8 @@
 //! Extreme eigenpairs of symmetric operators.
 //!
 //! [`eigsh`] is a thick-restart Lanczos method (Wu & Simon 2000; the symmetric case of
-//! Stewart's Krylov–Schur) with full reorthogonalization (classical Gram–Schmidt, twice):
+//! Stewart's Krylov–Schur) with full reorthogonalization (classical Gram–Schmidt, a second pass
+//! where the DGKS test asks for it):
 //!
 //! 1. expand an orthonormal basis `V = [v₀ … v_{m−1}]` of a Krylov space by `w = A vⱼ`,
 //!    orthogonalized against all previous vectors, keeping the projections `H = Vᵀ A V`;
@@ -152,8 +153,8 @@ pub fn eigsh<T: Float, O: LinearOperator<T> + ?Sized>(
                 }
                 h[(j + 1, j)] = 0.0;
             } else {
-                for i in 0..n {
-                    v[(i, j + 1)] = T::of(w[(i, 0)].as_f64() / beta);
+                for (o, x) in v.col_as_slice_mut(j + 1).iter_mut().zip(w.col_as_slice(0)) {
+                    *o = T::of(x.as_f64() / beta);
                 }
                 h[(j + 1, j)] = beta;
             }

@@ -114,25 +114,35 @@ pub(crate) fn mean_se(xs: &[f64]) -> (f64, Option<f64>) {
     (mean, Some((var / n as f64).sqrt()))
 }
 
-/// Orthogonalizes the single column of `w` against `v[:, ..cols]` twice (CGS2); returns the
-/// accumulated projection coefficients (length `cols`, f64).
+/// Orthogonalizes the single column of `w` against `v[:, ..cols]` (classical Gram–Schmidt, a
+/// second pass where the DGKS test asks for it); returns the accumulated projection
+/// coefficients (length `cols`, f64).
 pub(crate) fn orthogonalize<T: Float>(v: &Mat<T>, cols: usize, w: &mut Mat<T>) -> Vec<f64> {
     let mut h = vec![0.0f64; cols];
     if cols == 0 {
         return h;
     }
     let vb = v.as_ref().subcols(0, cols);
+    // classical Gram–Schmidt with the DGKS test: a second pass only when the first removed
+    // more than half of w's squared norm (‖w'‖ < ‖w‖/√2), where cancellation can leave w' far
+    // from orthogonal (Daniel, Gragg, Kaufman & Stewart 1976)
+    let mut before = norm(w);
     for _ in 0..2 {
         let c = mul(vb.transpose(), w.as_ref());
         matmul(w.as_mut(), Accum::Add, vb, c.as_ref(), -T::one(), threads::par());
         for (i, hi) in h.iter_mut().enumerate() {
             *hi += c[(i, 0)].as_f64();
         }
+        let after = norm(w);
+        if after >= std::f64::consts::FRAC_1_SQRT_2 * before {
+            break;
+        }
+        before = after;
     }
     h
 }
 
 /// Euclidean norm of the single column of `w` (f64 accumulation).
 pub(crate) fn norm<T: Float>(w: &Mat<T>) -> f64 {
-    (0..w.nrows()).map(|i| w[(i, 0)].as_f64().powi(2)).sum::<f64>().sqrt()
+    w.col_as_slice(0).iter().map(|x| x.as_f64() * x.as_f64()).sum::<f64>().sqrt()
 }
