@@ -119,6 +119,62 @@ pub fn gemm_new<T: Float>(
     c
 }
 
+/// faer's `matmul` (`dst ← β·dst + α·lhs·rhs`) followed by [`clear_upper_state`]: use this
+/// instead of calling faer directly, so that the code after it runs at full speed.
+pub fn matmul<T, LhsT, RhsT, M, N, K>(
+    dst: impl faer::mat::AsMatMut<T = T, Rows = M, Cols = N>,
+    beta: Accum,
+    lhs: impl faer::mat::AsMatRef<T = LhsT, Rows = M, Cols = K>,
+    rhs: impl faer::mat::AsMatRef<T = RhsT, Rows = K, Cols = N>,
+    alpha: T,
+    par: faer::Par,
+) where
+    T: faer::traits::ComplexField,
+    LhsT: faer::traits::Conjugate<Canonical = T>,
+    RhsT: faer::traits::Conjugate<Canonical = T>,
+    M: faer::Shape,
+    N: faer::Shape,
+    K: faer::Shape,
+{
+    faer::linalg::matmul::matmul(dst, beta, lhs, rhs, alpha, par);
+    clear_upper_state();
+}
+
+/// faer's triangular `matmul` (block structures of `dst`, `lhs`, `rhs`) followed by
+/// [`clear_upper_state`].
+#[allow(clippy::too_many_arguments)]
+pub fn tri_matmul<T, LhsT, RhsT, M, N, K>(
+    dst: impl faer::mat::AsMatMut<T = T, Rows = M, Cols = N>,
+    dst_structure: faer::linalg::matmul::triangular::BlockStructure,
+    beta: Accum,
+    lhs: impl faer::mat::AsMatRef<T = LhsT, Rows = M, Cols = K>,
+    lhs_structure: faer::linalg::matmul::triangular::BlockStructure,
+    rhs: impl faer::mat::AsMatRef<T = RhsT, Rows = K, Cols = N>,
+    rhs_structure: faer::linalg::matmul::triangular::BlockStructure,
+    alpha: T,
+    par: faer::Par,
+) where
+    T: faer::traits::ComplexField,
+    LhsT: faer::traits::Conjugate<Canonical = T>,
+    RhsT: faer::traits::Conjugate<Canonical = T>,
+    M: faer::Shape,
+    N: faer::Shape,
+    K: faer::Shape,
+{
+    faer::linalg::matmul::triangular::matmul(
+        dst,
+        dst_structure,
+        beta,
+        lhs,
+        lhs_structure,
+        rhs,
+        rhs_structure,
+        alpha,
+        par,
+    );
+    clear_upper_state();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,60 +235,4 @@ mod tests {
         gemm(2, 2, 0, 1.0, &[], 0, Trans::N, &[], 2, Trans::N, 0.0, &mut c, 2);
         assert_eq!(c, vec![0.0; 4]);
     }
-}
-
-/// faer's `matmul` (`dst ← β·dst + α·lhs·rhs`) followed by [`clear_upper_state`]: use this
-/// instead of calling faer directly, so that the code after it runs at full speed.
-pub fn matmul<T, LhsT, RhsT, M, N, K>(
-    dst: impl faer::mat::AsMatMut<T = T, Rows = M, Cols = N>,
-    beta: Accum,
-    lhs: impl faer::mat::AsMatRef<T = LhsT, Rows = M, Cols = K>,
-    rhs: impl faer::mat::AsMatRef<T = RhsT, Rows = K, Cols = N>,
-    alpha: T,
-    par: faer::Par,
-) where
-    T: faer::traits::ComplexField,
-    LhsT: faer::traits::Conjugate<Canonical = T>,
-    RhsT: faer::traits::Conjugate<Canonical = T>,
-    M: faer::Shape,
-    N: faer::Shape,
-    K: faer::Shape,
-{
-    faer::linalg::matmul::matmul(dst, beta, lhs, rhs, alpha, par);
-    clear_upper_state();
-}
-
-/// faer's triangular `matmul` (block structures of `dst`, `lhs`, `rhs`) followed by
-/// [`clear_upper_state`].
-#[allow(clippy::too_many_arguments)]
-pub fn tri_matmul<T, LhsT, RhsT, M, N, K>(
-    dst: impl faer::mat::AsMatMut<T = T, Rows = M, Cols = N>,
-    dst_structure: faer::linalg::matmul::triangular::BlockStructure,
-    beta: Accum,
-    lhs: impl faer::mat::AsMatRef<T = LhsT, Rows = M, Cols = K>,
-    lhs_structure: faer::linalg::matmul::triangular::BlockStructure,
-    rhs: impl faer::mat::AsMatRef<T = RhsT, Rows = K, Cols = N>,
-    rhs_structure: faer::linalg::matmul::triangular::BlockStructure,
-    alpha: T,
-    par: faer::Par,
-) where
-    T: faer::traits::ComplexField,
-    LhsT: faer::traits::Conjugate<Canonical = T>,
-    RhsT: faer::traits::Conjugate<Canonical = T>,
-    M: faer::Shape,
-    N: faer::Shape,
-    K: faer::Shape,
-{
-    faer::linalg::matmul::triangular::matmul(
-        dst,
-        dst_structure,
-        beta,
-        lhs,
-        lhs_structure,
-        rhs,
-        rhs_structure,
-        alpha,
-        par,
-    );
-    clear_upper_state();
 }
