@@ -714,8 +714,7 @@ class _Converter:
         `multihead_attention` node, completed by the projection that merges the heads."""
         w = self.where(n)
         names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"]
-        opt = dict(zip(names, args))
-        opt.update(kwargs)
+        opt = _bound(names, args, kwargs)
         if opt.get("enable_gqa"):
             raise ConversionError(f"{w}: scaled_dot_product_attention with enable_gqa")
         qkv_nodes = [n.args[i] if i < len(n.args) else n.kwargs.get(names[i]) for i in range(3)]
@@ -812,17 +811,14 @@ class _Converter:
         LayerNorm module): a `layernorm` node named after the weight's module."""
         w = self.where(n)
         x = self.batched(args[0], n)
-        names = ["input", "normalized_shape", "weight", "bias", "eps"]
-        opt = dict(zip(names, args))
-        opt.update(kwargs)
+        opt = _bound(["input", "normalized_shape", "weight", "bias", "eps"], args, kwargs)
         wt, b = opt.get("weight"), opt.get("bias")
         for role, v in (("weight", wt), ("bias", b)):
             if v is not None and not isinstance(v, Param):
                 raise ConversionError(f"{w}: F.layer_norm with a {role} that is not a parameter of the model")
         if wt is None and b is not None:
             raise ConversionError(f"{w}: F.layer_norm with a bias but no weight")
-        base = wt.key[:-len(".weight")] if wt is not None and wt.key.endswith(".weight") else n.name
-        name = self.module_node_name(base)
+        name = self.module_node_name(_module_of(wt, n.name))
         params = self.bind_params(name, [("weight", wt.tensor if wt else None), ("bias", b.tensor if b else None)])
         f = {"normalized_shape": list(opt["normalized_shape"]), "eps": float(opt.get("eps", 1e-5)),
              "elementwise_affine": wt is not None, "bias": b is not None}
@@ -834,14 +830,11 @@ class _Converter:
         """`F.linear(x, weight, bias)` with the model's parameters: a `linear` node."""
         w = self.where(n)
         x = self.batched(args[0], n)
-        names = ["input", "weight", "bias"]
-        opt = dict(zip(names, args))
-        opt.update(kwargs)
+        opt = _bound(["input", "weight", "bias"], args, kwargs)
         wt, b = opt.get("weight"), opt.get("bias")
         if not isinstance(wt, Param) or (b is not None and not isinstance(b, Param)):
             raise ConversionError(f"{w}: F.linear with a weight or bias that is not a parameter of the model")
-        base = wt.key[:-len(".weight")] if wt.key.endswith(".weight") else n.name
-        name = self.module_node_name(base)
+        name = self.module_node_name(_module_of(wt, n.name))
         params = self.bind_params(name, [("weight", wt.tensor), ("bias", b.tensor if b else None)])
         out_f, in_f = wt.tensor.shape
         f = {"in_features": int(in_f), "out_features": int(out_f), "bias": b is not None}
@@ -992,6 +985,21 @@ class _Converter:
             else:
                 raise ConversionError(f"{self.where(n)}: concatenation with a constant")
         return self.out("concat", names, n, cv, dim=d - 1)
+
+
+def _bound(names, args, kwargs):
+    """A call's arguments by name: positional `args` matched to `names`, then `kwargs`."""
+    opt = dict(zip(names, args))
+    opt.update(kwargs)
+    return opt
+
+
+def _module_of(weight, fallback):
+    """The node name for a functional call on `weight`: its module's path (the key without
+    `.weight`), so that the node's default keys are the parameters' own."""
+    if weight is not None and weight.key.endswith(".weight"):
+        return weight.key[:-len(".weight")]
+    return fallback
 
 
 class _Shape:
