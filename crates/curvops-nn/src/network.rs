@@ -300,6 +300,16 @@ impl ActiveSet {
         out
     }
 
+    /// Writes a subset vector `[D_S]` into the active entries of a full vector `[D]` (the
+    /// inverse of [`Self::gather`]; inactive entries are left unchanged).
+    pub fn scatter<T: Float>(&self, layout: &ParamLayout, sub: &[T], full: &mut [T]) {
+        for (e, so) in layout.entries.iter().zip(&self.sub_offset) {
+            if let Some(so) = so {
+                full[e.offset..e.offset + e.len].copy_from_slice(&sub[*so..*so + e.len]);
+            }
+        }
+    }
+
     /// The state-dict names and offsets (in the subset vector) of the active entries.
     pub fn names<'a>(&'a self, layout: &'a ParamLayout) -> Vec<(&'a ParamEntry, usize)> {
         layout.entries.iter().zip(&self.sub_offset).filter_map(|(e, so)| so.map(|o| (e, o))).collect()

@@ -23,6 +23,7 @@
 
 pub mod cache;
 pub mod curvature;
+pub mod debias;
 pub mod dense;
 pub mod diag;
 pub mod gradient;

@@ -59,6 +59,7 @@ mod posterior;
 pub mod predictive;
 pub mod select;
 
+pub(crate) use fit::output_factor;
 pub use fit::{fit, HessianApprox, KronBlock, LaplaceFit, ParamGroup};
 pub use marglik::{optimize_marglik, MarglikOptions, MarglikResult, PriorStructure};
 pub use posterior::{Posterior, PosteriorCovarianceOp, PosteriorPrecisionOp};

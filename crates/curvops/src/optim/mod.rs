@@ -1,5 +1,6 @@
 //! First-order optimizers with PyTorch's update rules (`torch.optim.SGD`, `Adam`, `AdamW`),
-//! and mini-batch training ([`train`]).
+//! mini-batch training ([`train`]), and Newton-CG with Levenberg–Marquardt damping and
+//! optionally debiased steps ([`newton_cg`]).
 //!
 //! With gradient `g` of the mini-batch loss, weight decay `λ` and step `t = 1, 2, …`:
 //!
@@ -9,8 +10,10 @@
 //!   `v ← β₂v + (1 − β₂)g²`; `θ ← θ − η/(1 − β₁ᵗ) · m / (√v/√(1 − β₂ᵗ) + ε)`.
 //! * AdamW: `θ ← θ(1 − ηλ)` (decoupled), then the Adam step without the L2 term.
 
+pub mod newton_cg;
 mod train;
 
+pub use newton_cg::{train_newton_cg, NewtonCgOptions, NewtonStep};
 pub use train::{
     prior_precision_of_weight_decay, train, weight_decay_of_prior_precision, write_checkpoint, EpochStats, TrainOptions,
 };

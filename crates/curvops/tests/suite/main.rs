@@ -4,6 +4,7 @@
 mod common;
 mod diag_nets;
 
+mod debias;
 mod diag_identities;
 mod diag_reference;
 mod identities;
