@@ -204,8 +204,11 @@ pub enum Command {
     Logdet(crate::commands::logdet::Args),
     /// Spectral density by stochastic Lanczos quadrature (CSV + SVG).
     Spectrum(crate::commands::spectrum::Args),
-    /// x = (CURV + λI)⁻¹ b.
+    /// x = (CURV + λI)⁻¹ b (with --debias: the debiased mini-batch Newton step, issue 12).
     Solve(crate::commands::solve::Args),
+    /// Mini-batch curvature bias: eigenpairs of C_B on the same, an independent and all data;
+    /// CG on q_B against the full-data quadratic (table, JSON, SVG).
+    Bias(crate::commands::bias::Args),
     /// ViViT: the GGN's low-rank structure, eigenpairs and per-sample directional derivatives.
     Vivit(crate::commands::vivit::Args),
     /// Train the network (SGD or Adam) and write the weights.

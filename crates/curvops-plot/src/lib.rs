@@ -130,9 +130,10 @@ impl LinePlot {
         self.series.push(s);
     }
 
-    /// Writes the SVG to `path`.
+    /// Writes the SVG to `path` (through a temporary file and a rename, so that a failed write
+    /// leaves no half-written plot).
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
-        std::fs::write(path, self.to_svg())
+        write_atomic(path.as_ref(), &self.to_svg())
     }
 
     fn usable(&self, y: f64) -> bool {
@@ -465,4 +466,38 @@ mod tests {
         let svg = LinePlot::new("fixed").x_range(0.0, 1.0).y_range(0.0, 1.0).size(300, 200).to_svg();
         assert!(svg.contains(r#"width="300""#));
     }
+}
+
+/// Writes `text` to `path` through `path.tmp` and a rename.
+fn write_atomic(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Several plots side by side in one SVG document (each keeps its own size; their clip paths
+/// get distinct ids).
+pub fn row_svg(plots: &[LinePlot]) -> String {
+    let w: u32 = plots.iter().map(|p| p.width).sum();
+    let h: u32 = plots.iter().map(|p| p.height).max().unwrap_or(0);
+    let mut o = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">"#);
+    o.push('\n');
+    let mut x = 0;
+    for (i, p) in plots.iter().enumerate() {
+        let svg = p.to_svg().replace("plot-area", &format!("plot-area-{i}"));
+        // position the nested document
+        o.push_str(&svg.replacen("<svg ", &format!(r#"<svg x="{x}" y="0" "#), 1));
+        x += p.width;
+    }
+    o.push_str("</svg>\n");
+    o
+}
+
+/// Writes [`row_svg`] of `plots` to `path` (atomically, as [`LinePlot::save`]).
+pub fn save_row(plots: &[LinePlot], path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
+    write_atomic(path.as_ref(), &row_svg(plots))
 }

@@ -1,6 +1,7 @@
 //! The subcommands.
 
 mod bench;
+pub mod bias;
 pub mod demo;
 mod dense;
 pub mod diag;
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> CliResult<()> {
             demo::run(&common)
         }
         Command::Train(a) => with_dtype(&a.common, |c| train::run(&a, c)),
+        Command::Bias(a) => with_dtype(&a.common, |c| bias::run(&a, c)),
         Command::Laplace(a) => laplace::run(&a),
         cmd => {
             let c = common_of(&cmd).clone();
@@ -63,6 +65,7 @@ fn common_of(cmd: &Command) -> &Common {
         Command::Solve(a) => &a.common,
         Command::Vivit(a) => &a.common,
         Command::Train(a) => &a.common,
+        Command::Bias(a) => &a.common,
         Command::KfacFit(a) => &a.common,
         Command::Laplace(_) => unreachable!("laplace dispatches itself"),
     }
@@ -92,7 +95,7 @@ fn run_typed<T: Float>(cmd: Command, c: &Common) -> CliResult<()> {
         Command::Solve(a) => solve::run(&a, &p, active, bs),
         Command::Vivit(a) => vivit::run(&a, &p, active, bs),
         Command::KfacFit(a) => kfac::fit(&a, &p, active, bs),
-        Command::Demo { .. } | Command::Bench { .. } | Command::Train(_) | Command::Laplace(_) => {
+        Command::Demo { .. } | Command::Bench { .. } | Command::Train(_) | Command::Bias(_) | Command::Laplace(_) => {
             unreachable!("handled above")
         }
     }

@@ -59,9 +59,74 @@ pub struct Args {
     /// Output (.npy, same shape as the right-hand side).
     #[arg(long)]
     pub out: PathBuf,
+    /// The debiased mini-batch step (Tatzel et al. 2025): CG directions on a batch B₁ of
+    /// --batch-size samples, step lengths by line search (a) or the subspace solve (b) on an
+    /// independent batch B₂ of the same size (drawn with --seed); --rhs grad, --max-iters K
+    /// directions (default 50). Writes x with (C + δI)x ≈ g (the step is −x).
+    #[arg(long, value_enum)]
+    pub debias: Option<DebiasVariant>,
+}
+
+/// `--debias`: the variant of the debiased step.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DebiasVariant {
+    /// Exact line search on B₂ along each CG direction.
+    A,
+    /// The K-dimensional subspace solve on B₂.
+    B,
+}
+
+impl DebiasVariant {
+    /// The library's variant.
+    pub fn variant(self) -> curvops::debias::Variant {
+        match self {
+            Self::A => curvops::debias::Variant::A,
+            Self::B => curvops::debias::Variant::B,
+        }
+    }
+}
+
+/// `solve --debias`: the debiased step on two independent batches.
+fn run_debiased<T: Float>(a: &Args, p: &Problem<T>, active: ActiveSet, v: DebiasVariant) -> CliResult<()> {
+    use curvops::debias::{debiased_solve, draw_pair, Quadratic};
+    use curvops::walk::DataWalk;
+    let c = &a.common;
+    let kind = match super::curvature_of(a.curv, c)? {
+        Some(k) => k,
+        None => return Err("--debias needs a curvature computed by the engine (hessian, ggn, ef, fisher-mc)".into()),
+    };
+    if a.rhs != "grad" {
+        return Err("--debias: the right-hand side is the batch gradient; use --rhs grad".into());
+    }
+    if !matches!(a.method, Method::Auto | Method::Cg) || a.precond != Precond::None {
+        return Err("--debias runs unpreconditioned CG: use --method cg (or auto) and --precond none".into());
+    }
+    let b = match c.batch_size {
+        Some(b) if b > 0 => b,
+        _ => return Err("--debias needs --batch-size B (the size of each of the two batches)".into()),
+    };
+    let (b1, b2) = draw_pair(p.data.n, b, c.seed, 0).map_err(|e| e.to_string())?;
+    let walk = |idx: &[usize]| DataWalk::subset(&p.data, idx, 0).map_err(|e| e.to_string());
+    let q1 = Quadratic::new(p, kind, active.clone(), walk(&b1)?, a.damping).map_err(|e| e.to_string())?;
+    let q2 = Quadratic::new(p, kind, active.clone(), walk(&b2)?, a.damping).map_err(|e| e.to_string())?;
+    let iters = a.max_iters.unwrap_or(50);
+    let st = debiased_solve(&q1, Some(&q2), Some(v.variant()), iters, a.tol).map_err(|e| format!("solve: {e}"))?;
+    let x: Vec<T> = st.step.iter().map(|&s| -s).collect();
+    write_npy(&a.out, &[x.len()], &x).map_err(|e| e.to_string())?;
+    emit(
+        c.json,
+        obj! {"out" => a.out.display().to_string(), "damping" => a.damping, "debias" => format!("{v:?}").to_lowercase(),
+        "batch_size" => b, "iterations" => st.run.len(), "matvecs" => st.products,
+        "relative_residuals" => st.run.residuals.clone(), "negative_curvature" => st.run.negative_curvature,
+        "model_decrease" => st.model_change(1.0)},
+    );
+    Ok(())
 }
 
 pub fn run<T: Float>(a: &Args, p: &Problem<T>, active: ActiveSet, bs: usize) -> CliResult<()> {
+    if let Some(v) = a.debias {
+        return run_debiased(a, p, active, v);
+    }
     let c = &a.common;
     let d = active.dim;
     let (shape, b) = if a.rhs == "grad" {

@@ -58,6 +58,9 @@ pub enum Opt {
     Adam,
     /// `torch.optim.AdamW` (decoupled weight decay).
     Adamw,
+    /// Newton-CG (Hessian-free) with Levenberg–Marquardt damping; `--debias a|b` for the
+    /// debiased mini-batch step.
+    NewtonCg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -72,9 +75,28 @@ pub struct Args {
     /// The optimizer.
     #[arg(long, value_enum, default_value = "adam")]
     pub optimizer: Opt,
-    /// Learning rate.
+    /// Learning rate (required for sgd/adam/adamw; newton-cg: default 1, the full step).
     #[arg(long)]
-    pub lr: f64,
+    pub lr: Option<f64>,
+    /// newton-cg: initial Levenberg–Marquardt damping.
+    #[arg(long, default_value_t = 1e-3)]
+    pub damping: f64,
+    /// newton-cg: CG iterations per step.
+    #[arg(long, default_value_t = 50)]
+    pub cg_iters: usize,
+    /// newton-cg: the debiased step (directions from B₁, step lengths from an independent B₂).
+    #[arg(long, value_enum)]
+    pub debias: Option<super::solve::DebiasVariant>,
+    /// newton-cg: the curvature of the quadratic model.
+    #[arg(long, value_enum, default_value = "ggn")]
+    pub curvature: NewtonCurvature,
+    /// newton-cg: judge each step (reduction ratio, acceptance) on a freshly drawn batch
+    /// instead of the batch that measured it.
+    #[arg(long)]
+    pub fresh_judge: bool,
+    /// newton-cg: stop once this many curvature products (columns) are spent.
+    #[arg(long)]
+    pub max_products: Option<usize>,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.0)]
     pub momentum: f64,
@@ -109,6 +131,15 @@ pub struct Args {
     /// The trained weights (safetensors, same keys and dtype as --weights).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// The curvature of Newton-CG's quadratic model.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewtonCurvature {
+    /// The generalized Gauss-Newton (positive semi-definite).
+    Ggn,
+    /// The Hessian (CG stops at negative curvature).
+    Hessian,
 }
 
 /// Loads model, weights and a data spec in dtype `T`.
@@ -166,7 +197,15 @@ fn run_typed<T: Float>(a: &Args, c: &Common) -> CliResult<()> {
     if a.epochs == 0 {
         return Err("--epochs must be positive".into());
     }
-    if !(a.lr.is_finite() && a.lr > 0.0) {
+    if a.optimizer != Opt::NewtonCg && (a.debias.is_some() || a.max_products.is_some()) {
+        return Err("--debias and --max-products apply to --optimizer newton-cg".into());
+    }
+    let lr = match (a.lr, a.optimizer) {
+        (Some(lr), _) => lr,
+        (None, Opt::NewtonCg) => 1.0,
+        (None, _) => return Err("--lr is required for sgd, adam and adamw".into()),
+    };
+    if !(lr.is_finite() && lr > 0.0) {
         return Err("--lr must be positive".into());
     }
     let mut p = load_problem_spec::<T>(c, &a.data_flags)?;
@@ -196,9 +235,15 @@ fn run_typed<T: Float>(a: &Args, c: &Common) -> CliResult<()> {
         _ => return Err("--betas takes two values, e.g. 0.9,0.999".into()),
     };
     let kind = match a.optimizer {
-        Opt::Sgd => OptimizerKind::Sgd { lr: a.lr, momentum: a.momentum, nesterov: a.nesterov, weight_decay },
-        Opt::Adam => OptimizerKind::Adam { lr: a.lr, betas, eps: a.eps, weight_decay },
-        Opt::Adamw => OptimizerKind::AdamW { lr: a.lr, betas, eps: a.eps, weight_decay },
+        Opt::Sgd => OptimizerKind::Sgd { lr, momentum: a.momentum, nesterov: a.nesterov, weight_decay },
+        Opt::Adam => OptimizerKind::Adam { lr, betas, eps: a.eps, weight_decay },
+        Opt::Adamw => OptimizerKind::AdamW { lr, betas, eps: a.eps, weight_decay },
+        Opt::NewtonCg => {
+            if weight_decay != 0.0 {
+                return Err("--weight-decay / --prior-precision are not supported by newton-cg".into());
+            }
+            return run_newton(a, c, p, test.as_ref(), lr, bs);
+        }
     };
     let opts = TrainOptions { epochs: a.epochs, batch_size: bs, optimizer: kind, seed: c.seed, shuffle: !a.no_shuffle };
     let (loss0, _) = loss_and_accuracy(&p.net, &p.theta, &p.data);
@@ -236,7 +281,7 @@ fn run_typed<T: Float>(a: &Args, c: &Common) -> CliResult<()> {
     let mut o = obj! {
         "epochs" => a.epochs,
         "optimizer" => kind.name(),
-        "lr" => a.lr,
+        "lr" => lr,
         "weight_decay" => weight_decay,
         "prior_precision" => tau,
         "batch_size" => if bs == 0 { n } else { bs },
@@ -252,6 +297,97 @@ fn run_typed<T: Float>(a: &Args, c: &Common) -> CliResult<()> {
         o.insert("train_accuracy".into(), serde_json::json!(acc));
     }
     if let Some(t) = &test {
+        let (tl, ta) = loss_and_accuracy(&p.net, &p.theta, t);
+        o.insert("test_loss".into(), serde_json::json!(tl));
+        if p.net.loss.kind == LossKind::CrossEntropy {
+            o.insert("test_accuracy".into(), serde_json::json!(ta));
+        }
+    }
+    emit(c.json, o);
+    Ok(())
+}
+
+/// `train --optimizer newton-cg`.
+fn run_newton<T: Float>(
+    a: &Args,
+    c: &Common,
+    mut p: Problem<T>,
+    test: Option<&Dataset<T>>,
+    lr: f64,
+    bs: usize,
+) -> CliResult<()> {
+    use curvops::optim::{train_newton_cg, NewtonCgOptions};
+    if bs == 0 {
+        return Err("--batch-size B is required for newton-cg (the mini-batch of the quadratic model)".into());
+    }
+    let (_, weights, _) = common::problem_paths(c)?;
+    let active = common::active(c, &p)?;
+    let opts = NewtonCgOptions {
+        curvature: match a.curvature {
+            NewtonCurvature::Ggn => curvops::Curvature::Ggn,
+            NewtonCurvature::Hessian => curvops::Curvature::Hessian,
+        },
+        batch_size: bs,
+        epochs: a.epochs,
+        lr,
+        damping: a.damping,
+        cg_iters: a.cg_iters,
+        cg_tol: 1e-10,
+        debias: a.debias.map(|v| v.variant()),
+        seed: c.seed,
+        max_products: a.max_products,
+        fresh_judge: a.fresh_judge,
+    };
+    let (loss0, _) = loss_and_accuracy(&p.net, &p.theta, &p.data);
+    let t0 = Instant::now();
+    let bar = Progress::new(a.epochs, "newton-cg");
+    let mut err = None;
+    let (history, steps) = {
+        let mut ckpt = |st: &optim::EpochStats, pr: &Problem<T>| {
+            bar.set(st.epoch, a.epochs);
+            if let Some(every) = a.checkpoint_every {
+                if every > 0 && st.epoch.is_multiple_of(every) && err.is_none() {
+                    let path = checkpoint_path(&a.out, st.epoch);
+                    if let Err(e) = optim::write_checkpoint(&path, &weights, &pr.net, &pr.theta) {
+                        err = Some(e.to_string());
+                    }
+                }
+            }
+        };
+        train_newton_cg(&mut p, &active, &opts, &mut |_, _| {}, &mut ckpt).map_err(|e| format!("train: {e}"))?
+    };
+    drop(bar);
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    optim::write_checkpoint(&a.out, &weights, &p.net, &p.theta).map_err(|e| e.to_string())?;
+    let (loss, acc) = loss_and_accuracy(&p.net, &p.theta, &p.data);
+    let mut o = obj! {
+        "epochs" => history.len(),
+        "optimizer" => "newton-cg",
+        "debias" => a.debias.map(|v| v.variant().name()),
+        "curvature" => opts.curvature.name(),
+        "lr" => lr,
+        "damping_initial" => a.damping,
+        "damping_final" => steps.last().map_or(a.damping, |s| s.damping),
+        "cg_iters" => a.cg_iters,
+        "steps" => steps.len(),
+        "accepted_steps" => steps.iter().filter(|s| s.accepted).count(),
+        "curvature_products" => steps.last().map_or(0, |s| s.products),
+        "batch_size" => bs,
+        "N" => p.data.n,
+        "dtype" => T::DTYPE,
+        "loss_initial" => loss0,
+        "loss" => loss,
+        "epoch_losses" => history.iter().map(|h| h.loss).collect::<Vec<f64>>(),
+        "seconds" => seconds,
+        "out" => a.out.display().to_string(),
+    };
+    if p.net.loss.kind == LossKind::CrossEntropy {
+        o.insert("train_accuracy".into(), serde_json::json!(acc));
+    }
+    if let Some(t) = test {
         let (tl, ta) = loss_and_accuracy(&p.net, &p.theta, t);
         o.insert("test_loss".into(), serde_json::json!(tl));
         if p.net.loss.kind == LossKind::CrossEntropy {

@@ -3,6 +3,7 @@
 mod common;
 
 mod cli;
+mod debias_cli;
 mod kfac_cli;
 mod laplace_cli;
 mod linalg_cli;

@@ -48,6 +48,10 @@ pub struct NewtonCgOptions {
     pub seed: u64,
     /// Stop once this many curvature products are spent (`None`: run all epochs).
     pub max_products: Option<usize>,
+    /// Judge the step (ρ, acceptance) on a fresh batch `B₃` drawn independently of `B₁`, `B₂`
+    /// (costs one more loss evaluation at `θ` and at the candidate; no curvature products),
+    /// instead of the batch that measured it.
+    pub fresh_judge: bool,
 }
 
 /// One step's record.
@@ -69,13 +73,13 @@ pub struct NewtonStep {
 
 /// Trains `p.theta` (the `active` entries) by Newton-CG (see the module docs). Calls
 /// `progress(step, total)` after every step and `on_epoch` after every epoch with the mean
-/// judging-batch loss. Returns the epochs and the per-step records.
+/// judging-batch loss and the problem (its current `θ`). Returns the epochs and the per-step records.
 pub fn train_newton_cg<T: Float>(
     p: &mut Problem<T>,
     active: &ActiveSet,
     opts: &NewtonCgOptions,
     progress: &mut dyn FnMut(usize, usize),
-    on_epoch: &mut dyn FnMut(&EpochStats, &[T]),
+    on_epoch: &mut dyn FnMut(&EpochStats, &Problem<T>),
 ) -> Result<(Vec<EpochStats>, Vec<NewtonStep>), DebiasError> {
     let n = p.data.n;
     let b = opts.batch_size;
@@ -123,6 +127,15 @@ pub fn train_newton_cg<T: Float>(
                 };
                 (st, judge, loss0)
             };
+            let (judge_idx, loss0) = if opts.fresh_judge {
+                let b3 = draw_pair(n, b, opts.seed ^ 0x6a75_6467_65, round)?.0;
+                let w = sub(&b3)?;
+                let scale = p.net.loss.factor(n, p.net.out_size()) * n as f64 / (w.factor(&p.net) * w.n() as f64);
+                let l = scale * loss_value_on(p, &w);
+                (b3, l)
+            } else {
+                (judge_idx, loss0)
+            };
             products += step.products;
             let before = active.gather(&p.net.layout, &p.theta);
             let cand: Vec<T> = before.iter().zip(&step.step).map(|(&t, &d)| t + T::of(opts.lr) * d).collect();
@@ -147,13 +160,13 @@ pub fn train_newton_cg<T: Float>(
             progress(steps.len(), total);
             if opts.max_products.is_some_and(|m| products >= m) {
                 let st = EpochStats { epoch, loss: loss_sum / done as f64, seconds: t0.elapsed().as_secs_f64() };
-                on_epoch(&st, &p.theta);
+                on_epoch(&st, p);
                 history.push(st);
                 break 'epochs;
             }
         }
         let st = EpochStats { epoch, loss: loss_sum / done.max(1) as f64, seconds: t0.elapsed().as_secs_f64() };
-        on_epoch(&st, &p.theta);
+        on_epoch(&st, p);
         history.push(st);
     }
     Ok((history, steps))

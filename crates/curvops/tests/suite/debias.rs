@@ -280,6 +280,7 @@ fn newton_cg_trains_and_debiased_steps_are_deterministic() {
             debias,
             seed: 3,
             max_products: None,
+            fresh_judge: false,
         };
         let run = |p: &mut Problem<f64>| train_newton_cg(p, &all(p), &opts, &mut |_, _| {}, &mut |_, _| {}).unwrap();
         let mut p = classification_problem();
@@ -306,6 +307,7 @@ fn newton_cg_trains_and_debiased_steps_are_deterministic() {
         debias: Some(Variant::A),
         seed: 3,
         max_products: Some(25),
+        fresh_judge: false,
     };
     let mut p = classification_problem();
     let (_, steps) = train_newton_cg(&mut p, &all(&p0), &opts, &mut |_, _| {}, &mut |_, _| {}).unwrap();
