@@ -397,6 +397,40 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// Writes `text` to `path` through `path.tmp` and a rename.
+fn write_atomic(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Several plots side by side in one SVG document (each keeps its own size; their clip paths
+/// get distinct ids).
+pub fn row_svg(plots: &[LinePlot]) -> String {
+    let w: u32 = plots.iter().map(|p| p.width).sum();
+    let h: u32 = plots.iter().map(|p| p.height).max().unwrap_or(0);
+    let mut o = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">"#);
+    o.push('\n');
+    let mut x = 0;
+    for (i, p) in plots.iter().enumerate() {
+        let svg = p.to_svg().replace("plot-area", &format!("plot-area-{i}"));
+        // position the nested document
+        o.push_str(&svg.replacen("<svg ", &format!(r#"<svg x="{x}" y="0" "#), 1));
+        x += p.width;
+    }
+    o.push_str("</svg>\n");
+    o
+}
+
+/// Writes [`row_svg`] of `plots` to `path` (atomically, as [`LinePlot::save`]).
+pub fn save_row(plots: &[LinePlot], path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
+    write_atomic(path.as_ref(), &row_svg(plots))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,38 +500,18 @@ mod tests {
         let svg = LinePlot::new("fixed").x_range(0.0, 1.0).y_range(0.0, 1.0).size(300, 200).to_svg();
         assert!(svg.contains(r#"width="300""#));
     }
-}
 
-/// Writes `text` to `path` through `path.tmp` and a rename.
-fn write_atomic(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
-/// Several plots side by side in one SVG document (each keeps its own size; their clip paths
-/// get distinct ids).
-pub fn row_svg(plots: &[LinePlot]) -> String {
-    let w: u32 = plots.iter().map(|p| p.width).sum();
-    let h: u32 = plots.iter().map(|p| p.height).max().unwrap_or(0);
-    let mut o = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">"#);
-    o.push('\n');
-    let mut x = 0;
-    for (i, p) in plots.iter().enumerate() {
-        let svg = p.to_svg().replace("plot-area", &format!("plot-area-{i}"));
-        // position the nested document
-        o.push_str(&svg.replacen("<svg ", &format!(r#"<svg x="{x}" y="0" "#), 1));
-        x += p.width;
+    #[test]
+    fn row_places_plots_side_by_side_with_distinct_clip_ids() {
+        let a = LinePlot::new("a").with_series(Series::new("s", vec![(0.0, 1.0), (1.0, 2.0)])).size(300, 200);
+        let b = LinePlot::new("b").with_series(Series::new("t", vec![(0.0, 1.0), (1.0, 3.0)])).size(400, 250);
+        let svg = row_svg(&[a, b]);
+        assert!(svg.starts_with(r#"<svg xmlns="http://www.w3.org/2000/svg" width="700" height="250""#));
+        assert!(svg.contains(r#"<svg x="300" y="0" "#));
+        assert!(svg.contains("plot-area-0") && svg.contains("plot-area-1") && !svg.contains("\"plot-area\""));
+        let path = std::env::temp_dir().join(format!("curvops-plot-row-{}.svg", std::process::id()));
+        save_row(&[LinePlot::new("c")], &path).unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("</svg>\n"));
+        let _ = std::fs::remove_file(&path);
     }
-    o.push_str("</svg>\n");
-    o
-}
-
-/// Writes [`row_svg`] of `plots` to `path` (atomically, as [`LinePlot::save`]).
-pub fn save_row(plots: &[LinePlot], path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
-    write_atomic(path.as_ref(), &row_svg(plots))
 }

@@ -94,6 +94,10 @@ pub struct Args {
     /// instead of the batch that measured it.
     #[arg(long)]
     pub fresh_judge: bool,
+    /// newton-cg: keep --damping fixed and take every step (no Levenberg–Marquardt
+    /// adaptation, no rejection).
+    #[arg(long)]
+    pub fixed_damping: bool,
     /// newton-cg: stop once this many curvature products (columns) are spent.
     #[arg(long)]
     pub max_products: Option<usize>,
@@ -337,6 +341,7 @@ fn run_newton<T: Float>(
         seed: c.seed,
         max_products: a.max_products,
         fresh_judge: a.fresh_judge,
+        fixed_damping: a.fixed_damping,
     };
     let (loss0, _) = loss_and_accuracy(&p.net, &p.theta, &p.data);
     let t0 = Instant::now();

@@ -11,7 +11,8 @@
 //! With learning rate `η` the candidate is `θ + ηd`. The reduction ratio on the judging batch
 //! `B_s`, `ρ = (L_{B_s}(θ + ηd) − L_{B_s}(θ)) / (q_{B_s}(ηd) − q_{B_s}(0))`, updates the
 //! damping: `λ ← 3/2·λ` if `ρ < 1/4`, `λ ← 2/3·λ` if `ρ > 3/4`. A candidate that raises the
-//! batch loss is rejected (`θ` unchanged). An epoch is `⌊N/B⌋` biased or `⌊N/(2B)⌋` debiased
+//! batch loss is rejected (`θ` unchanged). With `fixed_damping` the damping stays and every
+//! candidate is taken. An epoch is `⌊N/B⌋` biased or `⌊N/(2B)⌋` debiased
 //! steps, so that both see `N` samples and spend the same curvature products per epoch
 //! (`K` per biased step, `2K` per debiased one).
 
@@ -52,6 +53,9 @@ pub struct NewtonCgOptions {
     /// (costs one more loss evaluation at `θ` and at the candidate; no curvature products),
     /// instead of the batch that measured it.
     pub fresh_judge: bool,
+    /// Keep the damping at [`Self::damping`] and take every step (plain damped Newton-CG, no
+    /// Levenberg–Marquardt adaptation, no rejection).
+    pub fixed_damping: bool,
 }
 
 /// One step's record.
@@ -128,7 +132,7 @@ pub fn train_newton_cg<T: Float>(
                 (st, judge, loss0)
             };
             let (judge_idx, loss0) = if opts.fresh_judge {
-                let b3 = draw_pair(n, b, opts.seed ^ 0x6a75_6467_65, round)?.0;
+                let b3 = draw_pair(n, b, opts.seed ^ 0x006a_7564_6765, round)?.0;
                 let w = sub(&b3)?;
                 let scale = p.net.loss.factor(n, p.net.out_size()) * n as f64 / (w.factor(&p.net) * w.n() as f64);
                 let l = scale * loss_value_on(p, &w);
@@ -145,11 +149,12 @@ pub fn train_newton_cg<T: Float>(
             let loss1 = scale * loss_value_on(p, &judge);
             let model = step.model_change(opts.lr);
             let rho = if model < 0.0 { (loss1 - loss0) / model } else { f64::NAN };
-            let accepted = loss1.is_finite() && loss1 < loss0;
+            let accepted = opts.fixed_damping || (loss1.is_finite() && loss1 < loss0);
             if !accepted {
                 active.scatter(&p.net.layout, &before, &mut p.theta);
             }
-            if !(rho >= 0.25) {
+            if opts.fixed_damping {
+            } else if rho.is_nan() || rho < 0.25 {
                 lambda *= 1.5;
             } else if rho > 0.75 {
                 lambda *= 2.0 / 3.0;

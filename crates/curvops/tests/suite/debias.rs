@@ -281,6 +281,7 @@ fn newton_cg_trains_and_debiased_steps_are_deterministic() {
             seed: 3,
             max_products: None,
             fresh_judge: false,
+            fixed_damping: false,
         };
         let run = |p: &mut Problem<f64>| train_newton_cg(p, &all(p), &opts, &mut |_, _| {}, &mut |_, _| {}).unwrap();
         let mut p = classification_problem();
@@ -308,6 +309,7 @@ fn newton_cg_trains_and_debiased_steps_are_deterministic() {
         seed: 3,
         max_products: Some(25),
         fresh_judge: false,
+        fixed_damping: false,
     };
     let mut p = classification_problem();
     let (_, steps) = train_newton_cg(&mut p, &all(&p0), &opts, &mut |_, _| {}, &mut |_, _| {}).unwrap();
