@@ -100,15 +100,17 @@ pub struct EigenBias {
     pub top: Vec<IndexStats>,
     /// Bottom (nonzero for PSD curvatures) eigenpairs (`index` 0 = the smallest).
     pub bottom: Vec<IndexStats>,
-    /// Curvature products spent (columns).
+    /// Curvature products spent (columns): Lanczos on the batches (the Hessian) and the
+    /// Rayleigh quotients on the independent batches and all data (the PSD eigenpairs come from
+    /// the factor and cost none).
     pub products: usize,
     /// Remarks (fewer nonzero eigenpairs than asked for).
     pub warnings: Vec<String>,
 }
 
-/// Eigenpairs of `s·C_B`: `(top values, top vectors, bottom values, bottom vectors)`, the
-/// top descending from the largest, the bottom ascending from the smallest.
-type Ends<T> = (Vec<f64>, Mat<T>, Vec<f64>, Mat<T>);
+/// Eigenpairs of `s·C_B`: `(top values, top vectors, bottom values, bottom vectors, curvature
+/// products)`, the top descending from the largest, the bottom ascending from the smallest.
+type Ends<T> = (Vec<f64>, Mat<T>, Vec<f64>, Mat<T>, usize);
 
 /// The largest factor `V` (entries) formed for the PSD eigenpairs before Lanczos is used.
 const FACTOR_MAX: usize = 1 << 27;
@@ -164,7 +166,7 @@ fn batch_ends<T: Float>(
         let top: Vec<usize> = nz[..kk].to_vec();
         let bottom: Vec<usize> = nz.iter().rev().take(kk).copied().collect();
         let val = |idx: &[usize]| idx.iter().map(|&i| e.values[i].as_f64()).collect::<Vec<f64>>();
-        return Ok((val(&top), vecs(&top), val(&bottom), vecs(&bottom)));
+        return Ok((val(&top), vecs(&top), val(&bottom), vecs(&bottom), 0));
     }
     // Lanczos on s·C_B (the Hessian, or a factor too large to form)
     let op = curvops_linalg::algebra::ScaledOp::new(q.operator(), T::of(q.scale));
@@ -178,7 +180,7 @@ fn batch_ends<T: Float>(
     let bk = b.values.len();
     let bvals: Vec<f64> = f(&b.values).into_iter().rev().collect();
     let bvecs = Mat::<T>::from_fn(d, bk, |i, j| b.vectors[(i, bk - 1 - j)]);
-    Ok((f(&t.values), t.vectors, bvals, bvecs))
+    Ok((f(&t.values), t.vectors, bvals, bvecs, t.matvecs + b.matvecs))
 }
 
 /// Runs the eigen-bias diagnostic (see the module docs) over the `active` parameters.
@@ -204,7 +206,7 @@ pub fn eigen_bias<T: Float>(
         let sub = |idx: &[usize]| DataWalk::subset(&p.data, idx, 0).map_err(|e| DebiasError::Invalid(e.to_string()));
         let q1 = Quadratic::new(p, opts.curvature, active.clone(), sub(&b1)?, 0.0)?;
         let q2 = Quadratic::new(p, opts.curvature, active.clone(), sub(&b2)?, 0.0)?;
-        let (tv, tu, bv, bu) = batch_ends(p, &q1, opts.curvature, active, opts.k, opts.seed ^ r as u64)?;
+        let (tv, tu, bv, bu, mv) = batch_ends(p, &q1, opts.curvature, active, opts.k, opts.seed ^ r as u64)?;
         if tv.len() < opts.k && warnings.is_empty() {
             warnings.push(format!(
                 "round {r}: the batch curvature has {} nonzero eigenvalues, fewer than --k {}",
@@ -222,7 +224,7 @@ pub fn eigen_bias<T: Float>(
                 acc[end][i].push([vals[i], ind[i], fu[i]]);
             }
         }
-        products += q1.products() + q2.products() + 2 * tv.len().max(bv.len());
+        products += mv + q2.products();
         progress(r + 1, opts.batches);
     }
     products += full.products();
