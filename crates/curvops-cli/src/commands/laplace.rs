@@ -131,6 +131,10 @@ pub struct FitFlags {
     /// permutation drawn with --seed: 2B gives B₁ ∪ B₂ of --debias, B gives B₁).
     #[arg(long)]
     pub fit_samples: Option<usize>,
+    /// EKFAC Laplace (--structure kfac): KFAC's eigenbases with eigenvalues corrected on the
+    /// same samples (all, or --fit-samples M) — the biased counterpart of --debias.
+    #[arg(long)]
+    pub ekfac: bool,
 }
 
 /// How to predict.
@@ -291,8 +295,8 @@ fn kfac_sampling_of(f: &FitFlags, c: &Common, n: usize) -> CliResult<KfacSamplin
         if !kfac {
             return Err("--debias applies to --structure kfac only".into());
         }
-        if f.fit_samples.is_some() {
-            return Err("--fit-samples and --debias exclude each other (--debias uses 2·--batch-size samples)".into());
+        if f.fit_samples.is_some() || f.ekfac {
+            return Err("--fit-samples and --ekfac exclude --debias (--debias uses 2·--batch-size samples)".into());
         }
         let b = c.batch_size.ok_or("--debias needs --batch-size B (the size of each of the two batches)")?;
         if b == 0 || 2 * b > n {
@@ -300,10 +304,15 @@ fn kfac_sampling_of(f: &FitFlags, c: &Common, n: usize) -> CliResult<KfacSamplin
         }
         return Ok(KfacSampling::Debiased { batch: b, seed: c.seed });
     }
+    if f.ekfac && !kfac {
+        return Err("--ekfac applies to --structure kfac only".into());
+    }
     match f.fit_samples {
+        None if f.ekfac => Ok(KfacSampling::Ekfac { samples: n, seed: c.seed }),
         None => Ok(KfacSampling::All),
         Some(_) if !kfac => Err("--fit-samples applies to --structure kfac only".into()),
         Some(m) if m == 0 || m > n => Err(format!("--fit-samples {m} must be between 1 and N = {n} training samples")),
+        Some(m) if f.ekfac => Ok(KfacSampling::Ekfac { samples: m, seed: c.seed }),
         Some(m) => Ok(KfacSampling::Subset { samples: m, seed: c.seed }),
     }
 }
@@ -406,6 +415,7 @@ fn summary<T: Float>(f: &Fitted<T>, post: &Posterior<T>) -> Map<String, Value> {
         let (kind, seed) = match f.fit.sampling {
             KfacSampling::All => ("all", None),
             KfacSampling::Subset { seed, .. } => ("subset", Some(seed)),
+            KfacSampling::Ekfac { seed, .. } => ("ekfac", Some(seed)),
             KfacSampling::Debiased { seed, .. } => ("debiased", Some(seed)),
         };
         let distinct = if kind == "debiased" { basis + values } else { basis };

@@ -34,7 +34,8 @@ use curvops_tensor::Float;
 use faer::Mat;
 
 /// Which training samples a KFAC Laplace curvature is estimated on. Subsets are drawn without
-/// replacement: the first indices of the permutation [`sample_split`]`(N, seed)`, so that
+/// replacement: the first indices of the permutation [`sample_split`]`(N, seed)` (all `N`
+/// samples in their order when `M = N`), so that
 /// `Subset { samples: 2B, seed }` is `B₁ ∪ B₂` of `Debiased { batch: B, seed }` and
 /// `Subset { samples: B, seed }` is its `B₁`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,6 +45,14 @@ pub enum KfacSampling {
     All,
     /// KFAC on `samples` random training samples (scaled to estimate the full-data curvature).
     Subset {
+        /// Number of samples `M ≤ N`.
+        samples: usize,
+        /// Seed of the permutation.
+        seed: u64,
+    },
+    /// EKFAC on `samples` random training samples (`N`: all of them): eigenbases and
+    /// corrected eigenvalues from the same samples — the biased counterpart of `Debiased`.
+    Ekfac {
         /// Number of samples `M ≤ N`.
         samples: usize,
         /// Seed of the permutation.
@@ -65,7 +74,7 @@ impl KfacSampling {
     pub fn counts(&self, n: usize) -> (usize, usize) {
         match *self {
             Self::All => (n, n),
-            Self::Subset { samples, .. } => (samples, samples),
+            Self::Subset { samples, .. } | Self::Ekfac { samples, .. } => (samples, samples),
             Self::Debiased { batch, .. } => (batch, batch),
         }
     }
@@ -75,13 +84,15 @@ impl KfacSampling {
     pub fn index_sets(&self, n: usize) -> Result<Option<(Vec<usize>, Option<Vec<usize>>)>, LaplaceError> {
         match *self {
             Self::All => Ok(None),
-            Self::Subset { samples, seed } => {
+            Self::Subset { samples, seed } | Self::Ekfac { samples, seed } => {
                 if samples == 0 || samples > n {
                     return Err(LaplaceError(format!(
                         "the KFAC subset size {samples} must be between 1 and N = {n} training samples"
                     )));
                 }
-                Ok(Some((sample_split(n, seed)[..samples].to_vec(), None)))
+                let idx = if samples == n { (0..n).collect() } else { sample_split(n, seed)[..samples].to_vec() };
+                let values = matches!(self, Self::Ekfac { .. }).then(|| idx.clone());
+                Ok(Some((idx, values)))
             }
             Self::Debiased { batch, seed } => {
                 if batch == 0 || 2 * batch > n {
@@ -100,6 +111,7 @@ impl KfacSampling {
         match *self {
             Self::All => "all".into(),
             Self::Subset { samples, seed } => format!("subset:{samples}:{seed}"),
+            Self::Ekfac { samples, seed } => format!("ekfac:{samples}:{seed}"),
             Self::Debiased { batch, seed } => format!("debiased:{batch}:{seed}"),
         }
     }
@@ -110,6 +122,7 @@ impl KfacSampling {
         match parts.as_slice() {
             ["all"] => Some(Self::All),
             ["subset", m, seed] => Some(Self::Subset { samples: m.parse().ok()?, seed: seed.parse().ok()? }),
+            ["ekfac", m, seed] => Some(Self::Ekfac { samples: m.parse().ok()?, seed: seed.parse().ok()? }),
             ["debiased", b, seed] => Some(Self::Debiased { batch: b.parse().ok()?, seed: seed.parse().ok()? }),
             _ => None,
         }
