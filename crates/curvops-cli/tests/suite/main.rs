@@ -5,5 +5,6 @@ mod common;
 mod cli;
 mod kfac_cli;
 mod laplace_cli;
+mod laplace_debias_cli;
 mod linalg_cli;
 mod vivit_cli;
