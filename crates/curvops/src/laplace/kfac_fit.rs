@@ -81,7 +81,7 @@ impl KfacSampling {
 
     /// The indices of the basis samples and, for the debiased fit, of the eigenvalue samples,
     /// out of `n` (`None` for all samples). Errors when the sets do not fit into `n`.
-    pub fn index_sets(&self, n: usize) -> Result<Option<(Vec<usize>, Option<Vec<usize>>)>, LaplaceError> {
+    pub fn index_sets(&self, n: usize) -> Result<Option<SampleSets>, LaplaceError> {
         match *self {
             Self::All => Ok(None),
             Self::Subset { samples, seed } | Self::Ekfac { samples, seed } => {
@@ -128,6 +128,10 @@ impl KfacSampling {
         }
     }
 }
+
+/// The training-sample indices of a KFAC fit: the basis samples and, when the eigenvalues are
+/// re-estimated, the eigenvalue samples.
+pub type SampleSets = (Vec<usize>, Option<Vec<usize>>);
 
 /// The permutation of `0..n` that draws the KFAC samples for `seed` (Fisher–Yates with
 /// [`Rng`]`::new(seed)`): deterministic for a seed.

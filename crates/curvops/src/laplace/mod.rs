@@ -64,7 +64,7 @@ pub mod predictive;
 pub mod select;
 
 pub use fit::{fit, HessianApprox, KronBlock, LaplaceFit, ParamGroup};
-pub use kfac_fit::{sample_split, KfacSampling};
+pub use kfac_fit::{sample_split, KfacSampling, SampleSets};
 pub use marglik::{optimize_marglik, MarglikOptions, MarglikResult, PriorStructure};
 pub use posterior::{Posterior, PosteriorCovarianceOp, PosteriorPrecisionOp};
 pub use predictive::{GlmOutput, Link};
