@@ -10,8 +10,8 @@ use crate::output::emit;
 use curvops::laplace::marglik::{logspace, PriorStructure};
 use curvops::laplace::predictive::{classes_of, map_predict};
 use curvops::laplace::{
-    self, io as lio, select_prior, HessianStructure, LaplaceFit, LaplaceOptions, Likelihood, Link, Posterior,
-    PredictiveMetrics, PriorChoice, PriorPrecision, PriorSelection,
+    self, io as lio, select_prior, HessianStructure, KfacSampling, LaplaceFit, LaplaceOptions, Likelihood, Link,
+    Posterior, PredictiveMetrics, PriorChoice, PriorPrecision, PriorSelection,
 };
 use curvops::{metrics, ActiveSet, Curvature, Problem};
 use curvops_nn::data_formats::load_dataset;
@@ -122,6 +122,19 @@ pub struct FitFlags {
     /// Grid of --prior gridsearch: log10 of the bounds and the count, e.g. -4,4,100.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_values_t = [-4.0, 4.0, 100.0])]
     pub grid: Vec<f64>,
+    /// Debiased KFAC (--structure kfac): Kronecker eigenbases from a batch B₁ of --batch-size B
+    /// random training samples, their eigenvalues re-estimated on the next B samples (B₂,
+    /// disjoint); the permutation is drawn with --seed. With --debias, --batch-size is B.
+    #[arg(long)]
+    pub debias: bool,
+    /// Plain KFAC (--structure kfac) on M random training samples (the first M of the
+    /// permutation drawn with --seed: 2B gives B₁ ∪ B₂ of --debias, B gives B₁).
+    #[arg(long)]
+    pub fit_samples: Option<usize>,
+    /// EKFAC Laplace (--structure kfac): KFAC's eigenbases with eigenvalues corrected on the
+    /// same samples (all, or --fit-samples M) — the biased counterpart of --debias.
+    #[arg(long)]
+    pub ekfac: bool,
 }
 
 /// How to predict.
@@ -275,6 +288,35 @@ fn parse_indices(s: &str) -> CliResult<Vec<usize>> {
     Ok(v)
 }
 
+/// The samples of a KFAC curvature: --debias (with --batch-size B), --fit-samples M, or all.
+fn kfac_sampling_of(f: &FitFlags, c: &Common, n: usize) -> CliResult<KfacSampling> {
+    let kfac = f.structure == StructureArg::Kfac;
+    if f.debias {
+        if !kfac {
+            return Err("--debias applies to --structure kfac only".into());
+        }
+        if f.fit_samples.is_some() || f.ekfac {
+            return Err("--fit-samples and --ekfac exclude --debias (--debias uses 2·--batch-size samples)".into());
+        }
+        let b = c.batch_size.ok_or("--debias needs --batch-size B (the size of each of the two batches)")?;
+        if b == 0 || 2 * b > n {
+            return Err(format!("--batch-size {b}: --debias needs 1 ≤ B and 2·B ≤ N = {n} training samples"));
+        }
+        return Ok(KfacSampling::Debiased { batch: b, seed: c.seed });
+    }
+    if f.ekfac && !kfac {
+        return Err("--ekfac applies to --structure kfac only".into());
+    }
+    match f.fit_samples {
+        None if f.ekfac => Ok(KfacSampling::Ekfac { samples: n, seed: c.seed }),
+        None => Ok(KfacSampling::All),
+        Some(_) if !kfac => Err("--fit-samples applies to --structure kfac only".into()),
+        Some(m) if m == 0 || m > n => Err(format!("--fit-samples {m} must be between 1 and N = {n} training samples")),
+        Some(m) if f.ekfac => Ok(KfacSampling::Ekfac { samples: m, seed: c.seed }),
+        Some(m) => Ok(KfacSampling::Subset { samples: m, seed: c.seed }),
+    }
+}
+
 /// The result of fitting and choosing the prior.
 struct Fitted<T: Float> {
     fit: LaplaceFit<T>,
@@ -295,6 +337,7 @@ fn do_fit<T: Float>(p: &Problem<T>, f: &FitFlags, c: &Common, flags: &DataFlags)
         curvature: curvature_of(f, c)?,
         batch_size: common::batch_size(c)?,
         seed: c.seed,
+        kfac_sampling: kfac_sampling_of(f, c, p.data.n)?,
         ..Default::default()
     };
     let lik = Likelihood::of(p.net.loss.kind);
@@ -366,6 +409,20 @@ fn summary<T: Float>(f: &Fitted<T>, post: &Posterior<T>) -> Map<String, Value> {
     };
     if f.fit.likelihood == Likelihood::Regression {
         o.insert("sigma".into(), json!(f.sigma));
+    }
+    if f.fit.structure == HessianStructure::Kron {
+        let (basis, values) = f.fit.sampling.counts(f.fit.n_data);
+        let (kind, seed) = match f.fit.sampling {
+            KfacSampling::All => ("all", None),
+            KfacSampling::Subset { seed, .. } => ("subset", Some(seed)),
+            KfacSampling::Ekfac { seed, .. } => ("ekfac", Some(seed)),
+            KfacSampling::Debiased { seed, .. } => ("debiased", Some(seed)),
+        };
+        let distinct = if kind == "debiased" { basis + values } else { basis };
+        o.insert(
+            "curvature_samples".into(),
+            json!({"sampling": kind, "basis": basis, "eigenvalues": values, "distinct": distinct, "seed": seed}),
+        );
     }
     if let Some(g) = &f.grid {
         o.insert("grid".into(), json!(g.iter().map(|(t, v)| json!([t, v])).collect::<Vec<_>>()));

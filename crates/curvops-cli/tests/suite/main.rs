@@ -6,5 +6,6 @@ mod cli;
 mod debias_cli;
 mod kfac_cli;
 mod laplace_cli;
+mod laplace_debias_cli;
 mod linalg_cli;
 mod vivit_cli;

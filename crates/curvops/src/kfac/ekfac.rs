@@ -180,12 +180,30 @@ pub fn fit_ekfac_on<T: Float>(
     active: &ActiveSet,
     opts: &KfacOptions,
 ) -> Result<Ekfac<T>, KfacError> {
+    fit_ekfac_split(p, walk, walk, active, opts)
+}
+
+/// EKFAC with the eigenbases from one set of samples and the eigenvalues from another: KFAC's
+/// factors and their eigenbases `Q_B ⊗ Q_A` on `basis_walk`, the corrected eigenvalues
+/// `E[i, j] = Σ_{n ∈ value_walk} Σ_r (q_{B,i}ᵀ G_{nr} q_{A,j})²` (with the loss reduction
+/// factor of `value_walk`, as KFAC's `B` carries that of `basis_walk`) on `value_walk`.
+/// With both walks the same this is [`fit_ekfac_on`]; with independent samples of the same
+/// size it is the debiased mini-batch curvature of Tatzel et al. (ICLR 2025): directions chosen
+/// on one batch, curvature along them measured on another. Dense and tied blocks keep the
+/// basis walk's KFAC block.
+pub fn fit_ekfac_split<T: Float>(
+    p: &Problem<T>,
+    basis_walk: &DataWalk<T>,
+    value_walk: &DataWalk<T>,
+    active: &ActiveSet,
+    opts: &KfacOptions,
+) -> Result<Ekfac<T>, KfacError> {
     if opts.fisher == FisherType::ForwardOnly {
         return Err(KfacError::Unsupported(
             "EKFAC needs backpropagated gradients: Fisher type forward-only is not supported".into(),
         ));
     }
-    let kfac = Kfac::new(fit_kfac_on(p, walk, active, opts)?);
+    let kfac = Kfac::new(fit_kfac_on(p, basis_walk, active, opts)?);
     let st = structure(p, active, opts)?;
     let nl = kfac.factors().layers.len();
     let mut bases: Vec<LayerBases<T>> = Vec::with_capacity(nl + kfac.factors().tied.len());
@@ -222,7 +240,7 @@ pub fn fit_ekfac_on<T: Float>(
         })
         .collect();
     let mut sink = EkfacSink { plans: &st.plans, bases: row_bases, acc };
-    data_pass(p, walk, active, &st, opts, &mut sink);
+    data_pass(p, value_walk, active, &st, opts, &mut sink);
     let mut acc = sink.acc;
     let factors = kfac.factors().clone();
     let slots = slots_of(&factors);
@@ -312,6 +330,25 @@ impl<T: Float> Ekfac<T> {
                 SlotMap::Kron { .. } | SlotMap::KronSum { .. } => unreachable!("EKFAC blocks are eigen blocks"),
             })
             .collect()
+    }
+
+    /// The corrected eigenvalues of layer `i` (an index into [`KfacFactors::layers`]):
+    /// `(weight or joint block [out, cols] row-major, bias block [out])`, each `None` when the
+    /// layer has no such block. A dense block's eigenvalues are returned as its bias block.
+    pub fn layer_eigenvalues(&self, i: usize) -> (Option<&[T]>, Option<&[T]>) {
+        let (mut w, mut b) = (None, None);
+        for (s, m) in self.op.slots.iter().zip(&self.op.maps) {
+            if s.layer != i {
+                continue;
+            }
+            let SlotMap::Eigen { values, .. } = m else { unreachable!("EKFAC blocks are eigen blocks") };
+            if s.with_a() {
+                w = Some(values.as_slice());
+            } else {
+                b = Some(values.as_slice());
+            }
+        }
+        (w, b)
     }
 
     pub(crate) fn slot_op(&self) -> &SlotOp<T> {

@@ -83,7 +83,7 @@
 //! * [`operator`]: [`Kfac`], the block-diagonal Kronecker operator with exact trace, log-det,
 //!   determinant, Frobenius norm, diagonal, eigendecomposition and damped solves.
 //! * [`inverse`]: [`KfacInverse`], `inverse(δ, mode)` with the three damping modes.
-//! * [`ekfac`]: [`Ekfac`] and [`fit_ekfac`].
+//! * [`ekfac`]: [`Ekfac`], [`fit_ekfac`] and [`fit_ekfac_split`] (bases and eigenvalues from different samples).
 //! * [`io`]: saving and loading fitted factors (safetensors).
 
 pub mod ekfac;
@@ -95,7 +95,7 @@ pub mod operator;
 mod plan;
 mod slots;
 
-pub use ekfac::{fit_ekfac, fit_ekfac_on, Ekfac};
+pub use ekfac::{fit_ekfac, fit_ekfac_on, fit_ekfac_split, Ekfac};
 pub use factors::{fit_kfac, fit_kfac_on, KfacFactors, LayerFactors, ParamRef, TiedFactors, TiedUse};
 pub use inverse::{DampingMode, KfacInverse};
 pub use operator::{DampedKfac, Kfac};

@@ -1,12 +1,12 @@
 //! Fitting: one pass over the training data computes the loss `Σ_n ℓ_n` and the curvature
 //! `H` in the requested structure (see the module docs of [`crate::laplace`]).
 
+use super::kfac_fit::kfac_blocks;
 use super::kron::{kron_eigs, BlockEig};
-use super::{HessianStructure, LaplaceError, LaplaceOptions, Likelihood};
+use super::{HessianStructure, KfacSampling, LaplaceError, LaplaceOptions, Likelihood};
 use crate::curvature::{Curvature, CurvatureOperator};
 use crate::dense::dense_curvature;
 use crate::diag::{curvature_diag_with_loss, DiagKind};
-use crate::kfac::{fit_kfac, FisherType, KfacApprox, KfacOptions};
 use crate::walk::DataWalk;
 use crate::Problem;
 use curvops_linalg::algebra::ScaledOp;
@@ -48,6 +48,18 @@ pub enum KronBlock<T: Float> {
     },
     /// A dense block (a bias: `H_b = B`; a tensor outside KFAC's maps; a tied tensor).
     Dense(Mat<T>),
+    /// A Kronecker eigenbasis with corrected eigenvalues (EKFAC-style; the debiased KFAC
+    /// Laplace, [`super::KfacSampling::Debiased`]): `H ≈ (Q_B ⊗ Q_A) diag(vec E) (Q_B ⊗ Q_A)ᵀ`
+    /// for a tensor flattened row-major as `[rows, cols]` (a bias: `cols = 1`, `Q_A = [1]`).
+    Eigen {
+        /// `Q_B` (`rows × rows`, orthonormal columns).
+        qb: Mat<T>,
+        /// `Q_A` (`cols × cols`, orthonormal columns).
+        qa: Mat<T>,
+        /// `E` (`[rows, cols]`, row-major): `E[i, j] = (q_B,i ⊗ q_A,j)ᵀ H (q_B,i ⊗ q_A,j)`
+        /// as estimated on the value samples.
+        values: Vec<T>,
+    },
 }
 
 /// The curvature `H` (of the summed negative log-likelihood, before `h = 1/(σ²T)`).
@@ -98,6 +110,9 @@ pub struct LaplaceFit<T: Float> {
     pub n_outputs: usize,
     /// The curvature.
     pub h: HessianApprox<T>,
+    /// For the KFAC structure: the training samples its curvature was estimated on
+    /// ([`KfacSampling::All`] for the other structures).
+    pub sampling: KfacSampling,
     pub(crate) kron_eig: OnceLock<Vec<BlockEig<T>>>,
     pub(crate) full_eig: OnceLock<Result<FullEig<T>, String>>,
     pub(crate) full_eigvals: OnceLock<Result<Vec<f64>, String>>,
@@ -136,6 +151,7 @@ impl<T: Float> LaplaceFit<T> {
             n_data,
             n_outputs,
             h,
+            sampling: KfacSampling::All,
             kron_eig: OnceLock::new(),
             full_eig: OnceLock::new(),
             full_eigvals: OnceLock::new(),
@@ -330,6 +346,9 @@ pub fn fit<T: Float>(
             return Err(LaplaceError("a subnetwork given by indices supports the full and diag structures".into()));
         }
     }
+    if opts.kfac_sampling != KfacSampling::All && opts.structure != HessianStructure::Kron {
+        return Err(LaplaceError("a subset or debiased curvature applies to the KFAC structure only".into()));
+    }
     if opts.curvature == Curvature::Hessian && opts.structure != HessianStructure::Full {
         return Err(LaplaceError("the Hessian is only available with the full structure".into()));
     }
@@ -351,12 +370,12 @@ pub fn fit<T: Float>(
                 Some(sel) => sel.iter().map(|&i| d[i]).collect(),
             })
         }
-        HessianStructure::Kron => HessianApprox::Kron(kfac(problem, &active, opts, s, &groups)?),
+        HessianStructure::Kron => HessianApprox::Kron(kfac_blocks(problem, &active, opts, s, &groups)?),
         HessianStructure::LowRank { rank } => low_rank(problem, &active, opts, s, rank)?,
     };
     let loss = s * loss_sum
         .unwrap_or_else(|| crate::diag::summed_loss(problem, &DataWalk::new(&problem.data, opts.batch_size)));
-    Ok(LaplaceFit::from_parts(
+    let mut fit = LaplaceFit::from_parts(
         likelihood,
         opts.structure,
         opts.curvature,
@@ -369,7 +388,9 @@ pub fn fit<T: Float>(
         problem.data.n,
         net.out_size(),
         h,
-    ))
+    );
+    fit.sampling = opts.kfac_sampling;
+    Ok(fit)
 }
 
 /// Dense `H` from per-sample factor rows (`s Σ_b V_bᵀ V_b`) or, for the Hessian, unit vectors.
@@ -452,90 +473,6 @@ fn diagonal<T: Float>(
     let c = p.net.loss.factor(p.data.n, p.net.out_size());
     curvops_tensor::ops::scale(T::of(s / c), &mut d);
     Ok((d, loss))
-}
-
-/// KFAC blocks of the active tensors from [`crate::kfac::fit_kfac`] (curvlinops' conventions:
-/// type-2 for the GGN, empirical for the EF, MC for the MC Fisher; `expand`; weight and bias
-/// separately), one per prior group (tensor), in the groups' order:
-///
-/// * the weight of a Kronecker-factored map: `B ⊗ A` (`A ⊗ B` for a weight stored `[in, out]`);
-///   its bias: `B`;
-/// * a tensor outside the maps (layer norm, batch norm, `parameter` nodes, …): the fit's dense
-///   block of that tensor;
-/// * a tied tensor: the sum of its uses' Kronecker blocks, as a dense block.
-///
-/// That fit's gradient factors (and dense blocks) carry the reduction factor `c` of
-/// `L = c Σ_n ℓ_n`; the summed negative log-likelihood needs `s/c` times them.
-fn kfac<T: Float>(
-    p: &Problem<T>,
-    active: &ActiveSet,
-    opts: &LaplaceOptions,
-    s: f64,
-    groups: &[ParamGroup],
-) -> Result<Vec<KronBlock<T>>, LaplaceError> {
-    let fisher = match opts.curvature {
-        Curvature::Ggn => FisherType::Type2,
-        Curvature::Ef => FisherType::Empirical,
-        Curvature::FisherMc { samples, seed } => FisherType::Mc { samples, seed },
-        Curvature::Hessian => {
-            return Err(LaplaceError("the Hessian is only available with the full structure".into()));
-        }
-    };
-    let kopts = KfacOptions { fisher, approx: KfacApprox::Expand, joint_bias: false, batch_size: opts.batch_size };
-    let factors = fit_kfac(p, active, &kopts).map_err(|e| LaplaceError(format!("KFAC: {e}")))?;
-    let c = p.net.loss.factor(p.data.n, p.net.out_size());
-    let scale = T::of(s / c);
-    let scaled = |m: &Mat<T>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| scale * m[(i, j)]);
-    let mut blocks: Vec<Option<KronBlock<T>>> = (0..groups.len()).map(|_| None).collect();
-    let mut put = |offset: usize, name: &str, b: KronBlock<T>| -> Result<(), LaplaceError> {
-        let g = groups.iter().position(|g| g.offset == offset).ok_or_else(|| {
-            LaplaceError(format!("KFAC: block of '{name}' at offset {offset} has no parameter group"))
-        })?;
-        blocks[g] = Some(b);
-        Ok(())
-    };
-    for lf in &factors.layers {
-        if lf.joint {
-            return Err(LaplaceError("KFAC: joint weight and bias blocks are not a Laplace structure".into()));
-        }
-        if lf.kind == "dense" {
-            let t = lf.bias.as_ref().ok_or_else(|| LaplaceError("KFAC: a dense block without tensor".into()))?;
-            put(t.offset, &t.name, KronBlock::Dense(scaled(&lf.b)))?;
-            continue;
-        }
-        if let Some(w) = &lf.weight {
-            let a =
-                lf.a.as_deref()
-                    .cloned()
-                    .ok_or_else(|| LaplaceError(format!("KFAC: '{}' has no input factor", w.name)))?;
-            let b = scaled(&lf.b);
-            let blk = if lf.transposed { KronBlock::Kron { b: a, a: b } } else { KronBlock::Kron { b, a } };
-            put(w.offset, &w.name, blk)?;
-        }
-        if let Some(bias) = &lf.bias {
-            put(bias.offset, &bias.name, KronBlock::Dense(scaled(&lf.b)))?;
-        }
-    }
-    for t in &factors.tied {
-        let (rows, cols) = (t.rows, t.cols);
-        let d = rows * cols;
-        let mut m = Mat::<T>::zeros(d, d);
-        for u in &t.uses {
-            let (left, right) = u.left_right();
-            for i in 0..d {
-                for j in 0..d {
-                    let r = right.map_or(T::one(), |r| r[(i % cols, j % cols)]);
-                    m[(i, j)] += scale * left[(i / cols, j / cols)] * r;
-                }
-            }
-        }
-        put(t.param.offset, &t.param.name, KronBlock::Dense(m))?;
-    }
-    blocks
-        .into_iter()
-        .zip(groups)
-        .map(|(b, g)| b.ok_or_else(|| LaplaceError(format!("KFAC: no block for '{}'", g.name))))
-        .collect()
 }
 
 /// The top-`rank` eigenpairs of `H` (Lanczos on `s/c ·` the curvature operator).

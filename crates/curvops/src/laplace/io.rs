@@ -3,12 +3,14 @@
 //!
 //! Tensors (in the compute dtype): `theta` (all parameters, `[D_all]`), `mean` (`[D]`), the
 //! curvature — `H` (`[D, D]`, full), `diag` (`[D]`), `kfac.{g}.B` and `kfac.{g}.A` (weight
-//! blocks) or `kfac.{g}.M` (dense blocks) per prior group `g`, `lowrank.U` (`[D, k]`) and
+//! blocks), `kfac.{g}.M` (dense blocks) or `kfac.{g}.QB`, `kfac.{g}.QA`, `kfac.{g}.E` (blocks
+//! with corrected eigenvalues, `E` as `[rows, cols]`) per prior group `g`, `lowrank.U` (`[D, k]`) and
 //! `lowrank.lambda` — `prior_precision` (`[1]`, `[G]` or `[D]`), and for a subnetwork given by
 //! indices `selection` (int64). The header's metadata (`__metadata__`) holds `format =
 //! "curvops-laplace"`, `version`, `likelihood`, `structure`, `curvature` (`mc_samples`, `seed`
 //! for the MC Fisher), `params` (comma-separated tensor names), `groups`, `prior_kind`,
-//! `sigma`, `temperature`, `loss`, `n_data`, `n_outputs`, and `log_marginal_likelihood`.
+//! `sigma`, `temperature`, `loss`, `n_data`, `n_outputs`, `log_marginal_likelihood`, and for KFAC `kfac_sampling`
+//! ([`super::KfacSampling::describe`]).
 
 use super::fit::{HessianApprox, KronBlock, LaplaceFit, ParamGroup};
 use super::{HessianStructure, LaplaceError, Likelihood, PriorPrecision};
@@ -86,6 +88,11 @@ pub fn save<T: Float>(
                         outs.push(mat(format!("kfac.{g}.A"), a));
                     }
                     KronBlock::Dense(m) => outs.push(mat(format!("kfac.{g}.M"), m)),
+                    KronBlock::Eigen { qb, qa, values } => {
+                        outs.push(mat(format!("kfac.{g}.QB"), qb));
+                        outs.push(mat(format!("kfac.{g}.QA"), qa));
+                        outs.push(floats(format!("kfac.{g}.E"), vec![qb.nrows(), qa.nrows()], values.iter().copied()));
+                    }
                 }
             }
         }
@@ -112,6 +119,9 @@ pub fn save<T: Float>(
     meta.insert("version".into(), "1".into());
     meta.insert("likelihood".into(), fit.likelihood.name().into());
     meta.insert("structure".into(), fit.structure.name().into());
+    if fit.structure == HessianStructure::Kron {
+        meta.insert("kfac_sampling".into(), fit.sampling.describe());
+    }
     if let HessianStructure::LowRank { rank } = fit.structure {
         meta.insert("rank".into(), rank.to_string());
     }
@@ -239,6 +249,18 @@ pub fn load<T: Float>(path: &Path, net: &Network<T>) -> Result<SavedPosterior<T>
             for g in 0..groups.len() {
                 if st.tensor(&format!("kfac.{g}.M")).is_ok() {
                     blocks.push(KronBlock::Dense(read_mat(&st, &p, &format!("kfac.{g}.M"))?));
+                } else if st.tensor(&format!("kfac.{g}.E")).is_ok() {
+                    let (qb, qa) =
+                        (read_mat(&st, &p, &format!("kfac.{g}.QB"))?, read_mat(&st, &p, &format!("kfac.{g}.QA"))?);
+                    let (_, values) = read_floats::<T>(&st, &p, &format!("kfac.{g}.E"))?;
+                    if values.len() != qb.nrows() * qa.nrows() {
+                        return Err(LaplaceError(format!(
+                            "{p}: tensor 'kfac.{g}.E' has {} entries, expected {}",
+                            values.len(),
+                            qb.nrows() * qa.nrows()
+                        )));
+                    }
+                    blocks.push(KronBlock::Eigen { qb, qa, values });
                 } else {
                     blocks.push(KronBlock::Kron {
                         b: read_mat(&st, &p, &format!("kfac.{g}.B"))?,
@@ -259,7 +281,7 @@ pub fn load<T: Float>(path: &Path, net: &Network<T>) -> Result<SavedPosterior<T>
         "layerwise" => PriorPrecision::Layerwise(pv),
         _ => PriorPrecision::Diagonal(pv),
     };
-    let fit = LaplaceFit::from_parts(
+    let mut fit = LaplaceFit::from_parts(
         likelihood,
         structure,
         curvature,
@@ -273,5 +295,9 @@ pub fn load<T: Float>(path: &Path, net: &Network<T>) -> Result<SavedPosterior<T>
         num("n_outputs")? as usize,
         h,
     );
+    if let Some(d) = meta.get("kfac_sampling") {
+        fit.sampling = super::KfacSampling::parse(d)
+            .ok_or_else(|| LaplaceError(format!("{p}: metadata 'kfac_sampling' is not understood: '{d}'")))?;
+    }
     Ok(SavedPosterior { fit, prior, sigma: num("sigma")?, temperature: num("temperature")? })
 }

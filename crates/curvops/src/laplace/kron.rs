@@ -5,6 +5,10 @@
 //! `(Q_B ⊗ Q_A)ᵀ vec(W) = vec(Q_Bᵀ W Q_A)`. So `φ(h·B ⊗ A + τI) vec(W) =
 //! vec(Q_B [φ(h λ_B,i λ_A,j + τ) ∘ (Q_Bᵀ W Q_A)] Q_Aᵀ)` for any scalar function `φ` (inverse,
 //! inverse square root, identity), at the cost of four small GEMMs per block of vectors.
+//!
+//! A block with corrected eigenvalues (EKFAC-style, e.g. the debiased KFAC Laplace) keeps the
+//! Kronecker eigenbasis `Q_B ⊗ Q_A` but replaces the products `λ_B,i λ_A,j` by a matrix
+//! `E[i, j]`: `φ(h·H + τI) vec(W) = vec(Q_B [φ(h E + τ) ∘ (Q_Bᵀ W Q_A)] Q_Aᵀ)`.
 
 use super::fit::KronBlock;
 use curvops_tensor::gemm::matmul;
@@ -18,6 +22,8 @@ pub(crate) enum BlockEig<T: Float> {
     Pair { qb: Mat<T>, lb: Vec<f64>, qa: Mat<T>, la: Vec<f64> },
     /// A dense block `Q diag(λ) Qᵀ`.
     Single { q: Mat<T>, l: Vec<f64> },
+    /// `(Q_B ⊗ Q_A) diag(vec E) (Q_B ⊗ Q_A)ᵀ` with `E` (`[out, in]`, row-major) given.
+    Corrected { qb: Mat<T>, qa: Mat<T>, e: Vec<f64> },
 }
 
 fn eig<T: Float>(m: &Mat<T>) -> (Mat<T>, Vec<f64>) {
@@ -39,6 +45,9 @@ pub(crate) fn kron_eigs<T: Float>(blocks: &[KronBlock<T>]) -> Vec<BlockEig<T>> {
                 let (q, l) = eig(m);
                 BlockEig::Single { q, l }
             }
+            KronBlock::Eigen { qb, qa, values } => {
+                BlockEig::Corrected { qb: qb.clone(), qa: qa.clone(), e: values.iter().map(|v| v.as_f64()).collect() }
+            }
         })
         .collect()
 }
@@ -49,6 +58,7 @@ impl<T: Float> BlockEig<T> {
         match self {
             Self::Pair { lb, la, .. } => lb.len() * la.len(),
             Self::Single { l, .. } => l.len(),
+            Self::Corrected { e, .. } => e.len(),
         }
     }
 
@@ -56,7 +66,7 @@ impl<T: Float> BlockEig<T> {
     pub(crate) fn eigenvalues(&self) -> Vec<f64> {
         match self {
             Self::Pair { lb, la, .. } => lb.iter().flat_map(|&x| la.iter().map(move |&y| x * y)).collect(),
-            Self::Single { l, .. } => l.clone(),
+            Self::Single { l, .. } | Self::Corrected { e: l, .. } => l.clone(),
         }
     }
 
@@ -77,36 +87,11 @@ impl<T: Float> BlockEig<T> {
                 matmul(out, Accum::Replace, q.as_ref(), c.as_ref(), T::one(), par);
             }
             Self::Pair { qb, lb, qa, la } => {
-                let (o, i_) = (lb.len(), la.len());
-                // R: rows (c·o + r) = W_c[r, :]   ((o·K) × in)
-                let r = Mat::<T>::from_fn(o * k, i_, |row, col| rhs[((row % o) * i_ + col, row / o)]);
-                let mut r2 = Mat::<T>::zeros(o * k, i_);
-                matmul(r2.as_mut(), Accum::Replace, r.as_ref(), qa.as_ref(), T::one(), par);
-                // S: columns (c·in + j) = (W_c Q_A)[:, j]   (o × (in·K))
-                let s = Mat::<T>::from_fn(o, i_ * k, |row, col| r2[((col / i_) * o + row, col % i_)]);
-                let mut s2 = Mat::<T>::zeros(o, i_ * k);
-                matmul(s2.as_mut(), Accum::Replace, qb.transpose(), s.as_ref(), T::one(), par);
-                for (a, &x) in lb.iter().enumerate() {
-                    for (b, &y) in la.iter().enumerate() {
-                        let f = T::of(phi(h * x * y + tau));
-                        for c in 0..k {
-                            s2[(a, c * i_ + b)] = f * s2[(a, c * i_ + b)];
-                        }
-                    }
-                }
-                let mut s3 = Mat::<T>::zeros(o, i_ * k);
-                matmul(s3.as_mut(), Accum::Replace, qb.as_ref(), s2.as_ref(), T::one(), par);
-                let r3 = Mat::<T>::from_fn(o * k, i_, |row, col| s3[(row % o, (row / o) * i_ + col)]);
-                let mut r4 = Mat::<T>::zeros(o * k, i_);
-                matmul(r4.as_mut(), Accum::Replace, r3.as_ref(), qa.transpose(), T::one(), par);
-                let mut out = out;
-                for c in 0..k {
-                    for a in 0..o {
-                        for b in 0..i_ {
-                            out[(a * i_ + b, c)] = r4[(c * o + a, b)];
-                        }
-                    }
-                }
+                kron_apply(qb, qa, &|a, b| h * lb[a] * la[b], tau, phi, out, rhs);
+            }
+            Self::Corrected { qb, qa, e } => {
+                let i_ = qa.nrows();
+                kron_apply(qb, qa, &|a, b| h * e[a * i_ + b], tau, phi, out, rhs);
             }
         }
     }
@@ -118,18 +103,70 @@ impl<T: Float> BlockEig<T> {
                 let n = l.len();
                 (0..n).map(|r| (0..n).map(|c| q[(r, c)].as_f64().powi(2) * phi(h * l[c] + tau)).sum()).collect()
             }
-            Self::Pair { qb, lb, qa, la } => {
-                let (o, i_) = (lb.len(), la.len());
-                // diag[(a, b)] = Σ_{p,q} Q_B[a,p]² Q_A[b,q]² φ(h λ_B,p λ_A,q + τ) = (Q_B²) M (Q_A²)ᵀ
-                let m = Mat::<f64>::from_fn(o, i_, |p, q| phi(h * lb[p] * la[q] + tau));
-                let qb2 = Mat::<f64>::from_fn(o, o, |a, p| qb[(a, p)].as_f64().powi(2));
-                let qa2 = Mat::<f64>::from_fn(i_, i_, |b, q| qa[(b, q)].as_f64().powi(2));
-                let mut t = Mat::<f64>::zeros(o, i_);
-                matmul(t.as_mut(), Accum::Replace, qb2.as_ref(), m.as_ref(), 1.0, threads::par());
-                let mut d = Mat::<f64>::zeros(o, i_);
-                matmul(d.as_mut(), Accum::Replace, t.as_ref(), qa2.transpose(), 1.0, threads::par());
-                (0..o * i_).map(|x| d[(x / i_, x % i_)]).collect()
+            Self::Pair { qb, lb, qa, la } => kron_diag(qb, qa, &|p, q| phi(h * lb[p] * la[q] + tau)),
+            Self::Corrected { qb, qa, e } => {
+                let i_ = qa.nrows();
+                kron_diag(qb, qa, &|p, q| phi(h * e[p * i_ + q] + tau))
             }
         }
     }
+}
+
+/// `out ← (Q_B ⊗ Q_A) diag(φ(λ(i, j) + τ)) (Q_B ⊗ Q_A)ᵀ rhs` for the row-major vectorized
+/// `[out, in]` weights in the columns of `rhs`: `vec(Q_B [φ(λ + τ) ∘ (Q_Bᵀ W Q_A)] Q_Aᵀ)`.
+fn kron_apply<T: Float>(
+    qb: &Mat<T>,
+    qa: &Mat<T>,
+    lam: &dyn Fn(usize, usize) -> f64,
+    tau: f64,
+    phi: &dyn Fn(f64) -> f64,
+    out: MatMut<'_, T>,
+    rhs: MatRef<'_, T>,
+) {
+    let par = threads::par();
+    let k = rhs.ncols();
+    let (o, i_) = (qb.nrows(), qa.nrows());
+    // R: rows (c·o + r) = W_c[r, :]   ((o·K) × in)
+    let r = Mat::<T>::from_fn(o * k, i_, |row, col| rhs[((row % o) * i_ + col, row / o)]);
+    let mut r2 = Mat::<T>::zeros(o * k, i_);
+    matmul(r2.as_mut(), Accum::Replace, r.as_ref(), qa.as_ref(), T::one(), par);
+    // S: columns (c·in + j) = (W_c Q_A)[:, j]   (o × (in·K))
+    let s = Mat::<T>::from_fn(o, i_ * k, |row, col| r2[((col / i_) * o + row, col % i_)]);
+    let mut s2 = Mat::<T>::zeros(o, i_ * k);
+    matmul(s2.as_mut(), Accum::Replace, qb.transpose(), s.as_ref(), T::one(), par);
+    for a in 0..o {
+        for b in 0..i_ {
+            let f = T::of(phi(lam(a, b) + tau));
+            for c in 0..k {
+                s2[(a, c * i_ + b)] = f * s2[(a, c * i_ + b)];
+            }
+        }
+    }
+    let mut s3 = Mat::<T>::zeros(o, i_ * k);
+    matmul(s3.as_mut(), Accum::Replace, qb.as_ref(), s2.as_ref(), T::one(), par);
+    let r3 = Mat::<T>::from_fn(o * k, i_, |row, col| s3[(row % o, (row / o) * i_ + col)]);
+    let mut r4 = Mat::<T>::zeros(o * k, i_);
+    matmul(r4.as_mut(), Accum::Replace, r3.as_ref(), qa.transpose(), T::one(), par);
+    let mut out = out;
+    for c in 0..k {
+        for a in 0..o {
+            for b in 0..i_ {
+                out[(a * i_ + b, c)] = r4[(c * o + a, b)];
+            }
+        }
+    }
+}
+
+/// The diagonal of `(Q_B ⊗ Q_A) diag(f(p, q)) (Q_B ⊗ Q_A)ᵀ`: `diag[(a, b)] = Σ_{p,q} Q_B[a,p]²
+/// Q_A[b,q]² f(p, q) = ((Q_B²) F (Q_A²)ᵀ)[a, b]`.
+fn kron_diag<T: Float>(qb: &Mat<T>, qa: &Mat<T>, f: &dyn Fn(usize, usize) -> f64) -> Vec<f64> {
+    let (o, i_) = (qb.nrows(), qa.nrows());
+    let m = Mat::<f64>::from_fn(o, i_, f);
+    let qb2 = Mat::<f64>::from_fn(o, o, |a, p| qb[(a, p)].as_f64().powi(2));
+    let qa2 = Mat::<f64>::from_fn(i_, i_, |b, q| qa[(b, q)].as_f64().powi(2));
+    let mut t = Mat::<f64>::zeros(o, i_);
+    matmul(t.as_mut(), Accum::Replace, qb2.as_ref(), m.as_ref(), 1.0, threads::par());
+    let mut d = Mat::<f64>::zeros(o, i_);
+    matmul(d.as_mut(), Accum::Replace, t.as_ref(), qa2.transpose(), 1.0, threads::par());
+    (0..o * i_).map(|x| d[(x / i_, x % i_)]).collect()
 }

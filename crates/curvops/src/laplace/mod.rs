@@ -32,6 +32,9 @@
 //!   and `B = s Σ_n Σ_r g_nr g_nrᵀ` (the loss-Hessian factor columns backpropagated to the
 //!   layer output, "type-2"), `H_b = B` exactly; the prior is added exactly to the Kronecker
 //!   eigenvalues: `eig(P_W) = h λ_B,i λ_A,j + τ`;
+//!   ([`KfacSampling`] estimates the blocks on a random subset of the training samples, or
+//!   debiased: eigenbases from one batch, eigenvalues from an independent one, see
+//!   [`KfacSampling::Debiased`]);
 //! * `LowRank`: the top-`k` eigenpairs of `H` by Lanczos, `P = h U Λ Uᵀ + diag(τ)` (Woodbury).
 //!
 //! # Log marginal likelihood
@@ -53,6 +56,7 @@
 
 mod fit;
 pub mod io;
+mod kfac_fit;
 mod kron;
 pub mod marglik;
 mod posterior;
@@ -61,6 +65,7 @@ pub mod select;
 
 pub(crate) use fit::output_factor;
 pub use fit::{fit, HessianApprox, KronBlock, LaplaceFit, ParamGroup};
+pub use kfac_fit::{sample_split, KfacSampling, SampleSets};
 pub use marglik::{optimize_marglik, MarglikOptions, MarglikResult, PriorStructure};
 pub use posterior::{Posterior, PosteriorCovarianceOp, PosteriorPrecisionOp};
 pub use predictive::{GlmOutput, Link};
@@ -231,6 +236,8 @@ pub struct LaplaceOptions {
     pub lanczos_tol: f64,
     /// Seed of the Lanczos start vector.
     pub seed: u64,
+    /// The training samples a KFAC curvature is estimated on (the KFAC structure only).
+    pub kfac_sampling: KfacSampling,
 }
 
 impl Default for LaplaceOptions {
@@ -241,6 +248,7 @@ impl Default for LaplaceOptions {
             batch_size: 0,
             lanczos_tol: 1e-10,
             seed: 0,
+            kfac_sampling: KfacSampling::All,
         }
     }
 }

@@ -83,7 +83,7 @@ fn dense_h(p: &Problem<f64>, active: &ActiveSet, kind: Curvature) -> Mat<f64> {
 }
 
 /// The dense `H` of a fit's structure.
-fn structured_h(fit: &LaplaceFit<f64>) -> Mat<f64> {
+pub(crate) fn structured_h(fit: &LaplaceFit<f64>) -> Mat<f64> {
     let d = fit.dim();
     match &fit.h {
         HessianApprox::Full(h) => h.clone(),
@@ -111,6 +111,18 @@ fn structured_h(fit: &LaplaceFit<f64>) -> Mat<f64> {
                             }
                         }
                     }
+                    KronBlock::Eigen { qb, qa, values } => {
+                        // (Q_B ⊗ Q_A) diag(E) (Q_B ⊗ Q_A)ᵀ, column (i, j) of the basis q_B,i ⊗ q_A,j
+                        let (o, i) = (qb.nrows(), qa.nrows());
+                        let q = Mat::<f64>::from_fn(o * i, o * i, |r, c| qb[(r / i, c / i)] * qa[(r % i, c % i)]);
+                        let e = Mat::<f64>::from_fn(o * i, o * i, |r, c| if r == c { values[r] } else { 0.0 });
+                        let blk = &q * &e * q.transpose();
+                        for r in 0..o * i {
+                            for c in 0..o * i {
+                                m[(g.offset + r, g.offset + c)] = blk[(r, c)];
+                            }
+                        }
+                    }
                 }
             }
             m
@@ -132,7 +144,7 @@ fn inverse(m: &Mat<f64>) -> Mat<f64> {
 
 /// Checks a posterior against the dense formulas for `P = h·H_struct + diag(τ)`; returns the
 /// dense `P`.
-fn check_posterior(post: &Posterior<f64>, test: &Problem<f64>, what: &str) -> Mat<f64> {
+pub(crate) fn check_posterior(post: &Posterior<f64>, test: &Problem<f64>, what: &str) -> Mat<f64> {
     let fit = post.fit();
     let d = fit.dim();
     let hs = structured_h(fit);

@@ -11,6 +11,7 @@ mod identities;
 mod kfac_properties;
 mod kfac_reference;
 mod laplace_anchor;
+mod laplace_debias;
 mod laplace_dense;
 mod laplace_train;
 mod reference;
