@@ -297,16 +297,7 @@ fn run_typed<T: Float>(a: &Args, c: &Common) -> CliResult<()> {
         "seconds" => seconds,
         "out" => a.out.display().to_string(),
     };
-    if p.net.loss.kind == LossKind::CrossEntropy {
-        o.insert("train_accuracy".into(), serde_json::json!(acc));
-    }
-    if let Some(t) = &test {
-        let (tl, ta) = loss_and_accuracy(&p.net, &p.theta, t);
-        o.insert("test_loss".into(), serde_json::json!(tl));
-        if p.net.loss.kind == LossKind::CrossEntropy {
-            o.insert("test_accuracy".into(), serde_json::json!(ta));
-        }
-    }
+    insert_metrics(&mut o, &p, acc, test.as_ref());
     emit(c.json, o);
     Ok(())
 }
@@ -389,16 +380,27 @@ fn run_newton<T: Float>(
         "seconds" => seconds,
         "out" => a.out.display().to_string(),
     };
-    if p.net.loss.kind == LossKind::CrossEntropy {
+    insert_metrics(&mut o, &p, acc, test);
+    emit(c.json, o);
+    Ok(())
+}
+
+/// Adds the training accuracy (classification) and the test loss and accuracy to a train JSON.
+fn insert_metrics<T: Float>(
+    o: &mut serde_json::Map<String, serde_json::Value>,
+    p: &Problem<T>,
+    acc: f64,
+    test: Option<&Dataset<T>>,
+) {
+    let ce = p.net.loss.kind == LossKind::CrossEntropy;
+    if ce {
         o.insert("train_accuracy".into(), serde_json::json!(acc));
     }
     if let Some(t) = test {
         let (tl, ta) = loss_and_accuracy(&p.net, &p.theta, t);
         o.insert("test_loss".into(), serde_json::json!(tl));
-        if p.net.loss.kind == LossKind::CrossEntropy {
+        if ce {
             o.insert("test_accuracy".into(), serde_json::json!(ta));
         }
     }
-    emit(c.json, o);
-    Ok(())
 }
